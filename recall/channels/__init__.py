@@ -1,0 +1,27 @@
+"""The channel registry: every recall channel by name, listed explicitly."""
+
+from __future__ import annotations
+
+from recall.channels.base import Channel, ChannelParams, I2IChannel, expand_triggers
+from recall.channels.itemcf import ItemCF
+from recall.errors import RecallError
+
+CHANNELS: dict[str, type[Channel]] = {
+    ItemCF.name: ItemCF,
+}
+
+
+def unknown_channel(name: str) -> str:
+    return f"unknown channel '{name}'; valid channels: {', '.join(sorted(CHANNELS))}"
+
+
+def get_channel(name: str) -> type[Channel]:
+    """The channel class registered under ``name``; a RecallError lists the valid names."""
+    try:
+        return CHANNELS[name]
+    except KeyError:
+        raise RecallError(unknown_channel(name)) from None
+
+
+__all__ = ["CHANNELS", "Channel", "ChannelParams", "I2IChannel", "expand_triggers", "get_channel",
+           "unknown_channel"]

@@ -1,0 +1,174 @@
+"""Typed configuration, loaded from TOML in one place, with CLI overrides applied on top."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recall import schema as S
+from recall.errors import RecallError
+
+
+class Strict(BaseModel):
+    """Base for config sections: unknown keys are errors (typos must not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    dir: Path = Path("data/sample")
+
+
+class OutputConfig(Strict):
+    root: Path = Path("out")
+    run_date: str = Field("", description="YYYY-MM-DD; empty means the day after the last event")
+    keep_runs: int = Field(7, ge=1)
+
+    @field_validator("run_date")
+    @classmethod
+    def _date(cls, value: str) -> str:
+        if value:
+            dt.date.fromisoformat(value)
+        return value
+
+
+class TriggerConfig(Strict):
+    """How a user's recent behaviours become weighted triggers for i2i channels."""
+
+    behavior_weights: dict[str, float] = Field(
+        default_factory=lambda: {"impression": 0.0, "click": 1.0, "fav": 2.0, "cart": 3.0, "buy": 3.0}
+    )
+    half_life_days: float = Field(7.0, gt=0, description="recency decay of a trigger's weight")
+    window_days: float = Field(30.0, gt=0, description="only behaviours this recent are triggers")
+    max_triggers: int = Field(50, ge=1, description="strongest triggers kept per user")
+
+    @field_validator("behavior_weights")
+    @classmethod
+    def _known_behaviors(cls, value: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(value) - set(S.BEHAVIORS))
+        if unknown:
+            raise ValueError(f"unknown behaviour(s) {unknown}; allowed: {', '.join(S.BEHAVIORS)}")
+        return {b: float(value.get(b, 0.0)) for b in S.BEHAVIORS}
+
+
+class MergeConfig(Strict):
+    """Blending channels: see :mod:`recall.merge`."""
+
+    backfill: bool = Field(True, description="give slots a channel cannot fill to the others")
+
+
+class EvalConfig(Strict):
+    test_days: float = Field(1.0, gt=0, description="length of the test window after the split")
+    split_ts: int | None = Field(None, description="epoch seconds; default: last test_days of the log")
+    ks: list[int] = Field(default_factory=lambda: [10, 50, 100, 200])
+    target_behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"])
+    exclude_seen_targets: bool = Field(
+        True, description="drop test items the user already had in training (recall of new items)"
+    )
+    max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of test users")
+
+
+class Config(Strict):
+    """The whole run configuration."""
+
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    output: OutputConfig = OutputConfig()
+    candidates_per_user: int = Field(200, ge=1)
+    triggers: TriggerConfig = TriggerConfig()
+    channels: dict[str, Any] = Field(default_factory=dict)
+    merge: MergeConfig = MergeConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _typed_channels(self) -> "Config":
+        """Validate each channel section with the parameter model its channel declares."""
+        from recall.channels import CHANNELS, unknown_channel
+
+        typed, problems = {}, []
+        for name, section in self.channels.items():
+            if name not in CHANNELS:
+                problems.append(unknown_channel(name))
+                continue
+            params_model = CHANNELS[name].Params
+            try:
+                typed[name] = (section if isinstance(section, params_model)
+                               else params_model.model_validate(section))
+            except ValidationError as exc:
+                problems += [f"channels.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                             for e in exc.errors()]
+        if problems:
+            raise ValueError("; ".join(problems))
+        object.__setattr__(self, "channels", typed)
+        return self
+
+    def enabled_channels(self) -> list[str]:
+        """Names of enabled channels, in config order."""
+        return [name for name, params in self.channels.items() if params.enabled]
+
+    def quotas(self) -> dict[str, int]:
+        """Per-channel slot counts for the merge, resolving shares against the budget."""
+        budget = self.candidates_per_user
+        out = {}
+        for name in self.enabled_channels():
+            params = self.channels[name]
+            out[name] = params.quota if params.quota is not None else max(1, round(params.share * budget))
+        return out
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {msg}")
+    return f"invalid configuration in {source}:\n" + "\n".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=VALUE`` where VALUE is a TOML value (bare words are taken as strings)."""
+    if "=" not in text:
+        raise RecallError(f"override '{text}' must look like section.key=value, e.g. channels.itemcf.top_k=50")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
+    """Set each ``dotted.key=value`` in a nested dict, creating sections as needed."""
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        node = raw
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise RecallError(f"override '{text}': '{key}' is not a section")
+        node[keys[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a TOML config (or the defaults), apply overrides, validate; errors name the field."""
+    raw: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise RecallError(f"config file '{path}' does not exist; see configs/default.toml") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RecallError(f"config file '{path}' is not valid TOML: {exc}") from None
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise RecallError(_format_validation_error(exc, source)) from None

@@ -1,0 +1,124 @@
+"""What every channel trains on: the events indexed to contiguous integers, plus shared matrices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recall import schema as S
+from recall.config import TriggerConfig
+from recall.io import Dataset
+
+UIDX = "user_idx"
+IIDX = "item_idx"
+# Behaviours that mean the user engaged with the item (an impression alone does not).
+ENGAGED = ("click", "fav", "cart", "buy")
+
+
+@dataclass
+class TrainData:
+    """Training events with ``user_idx`` / ``item_idx`` columns and the id lookups.
+
+    ``now`` is the reference time for recency: the split time in evaluation, or
+    one second after the last event in a production run.
+    """
+
+    events: pl.DataFrame
+    user_ids: pl.Series
+    item_ids: pl.Series
+    now: int
+    triggers: TriggerConfig = field(default_factory=TriggerConfig)
+    items: pl.DataFrame | None = None
+    users: pl.DataFrame | None = None
+    seed: int = 42
+
+    @classmethod
+    def build(cls, data: Dataset, now: int | None = None, triggers: TriggerConfig | None = None,
+              seed: int = 42) -> "TrainData":
+        """Index users and items (events plus side tables, so cold items get an index too)."""
+        events = data.events
+        user_ids = events[S.USER] if data.users is None else pl.concat([events[S.USER], data.users[S.USER]])
+        item_ids = events[S.ITEM] if data.items is None else pl.concat([events[S.ITEM], data.items[S.ITEM]])
+        user_ids = user_ids.unique().sort()
+        item_ids = item_ids.unique().sort()
+        events = (events
+                  .join(pl.DataFrame({S.USER: user_ids, UIDX: np.arange(user_ids.len(), dtype=np.int32)}),
+                        on=S.USER)
+                  .join(pl.DataFrame({S.ITEM: item_ids, IIDX: np.arange(item_ids.len(), dtype=np.int32)}),
+                        on=S.ITEM)
+                  .sort(UIDX, S.TS, IIDX))
+        if now is None:
+            now = int(events[S.TS].max()) + 1
+        return cls(events=events, user_ids=user_ids, item_ids=item_ids, now=int(now),
+                   triggers=triggers or TriggerConfig(), items=data.items, users=data.users, seed=seed)
+
+    @property
+    def n_users(self) -> int:
+        return self.user_ids.len()
+
+    @property
+    def n_items(self) -> int:
+        return self.item_ids.len()
+
+    def user_index(self, ids: pl.Series) -> np.ndarray:
+        """Indices of the given user ids (-1 for unknown users)."""
+        lookup = pl.DataFrame({S.USER: self.user_ids, UIDX: np.arange(self.n_users, dtype=np.int64)})
+        frame = pl.DataFrame({S.USER: ids.cast(self.user_ids.dtype, strict=False)})
+        return frame.join(lookup, on=S.USER, how="left", maintain_order="left")[UIDX].fill_null(-1).to_numpy()
+
+    def item_index(self, ids: pl.Series) -> np.ndarray:
+        """Indices of the given item ids (-1 for unknown items)."""
+        lookup = pl.DataFrame({S.ITEM: self.item_ids, IIDX: np.arange(self.n_items, dtype=np.int64)})
+        frame = pl.DataFrame({S.ITEM: ids.cast(self.item_ids.dtype, strict=False)})
+        return frame.join(lookup, on=S.ITEM, how="left", maintain_order="left")[IIDX].fill_null(-1).to_numpy()
+
+    def engaged(self) -> pl.DataFrame:
+        """Events that show engagement (click or deeper)."""
+        return self.events.filter(pl.col(S.BEHAVIOR).is_in(ENGAGED))
+
+    @cached_property
+    def interactions(self) -> sp.csr_matrix:
+        """Binary users x items matrix of engagement: what a user has already seen and acted on."""
+        pairs = self.engaged().select(UIDX, IIDX).unique()
+        return sp.csr_matrix(
+            (np.ones(pairs.height, dtype=np.float32), (pairs[UIDX].to_numpy(), pairs[IIDX].to_numpy())),
+            shape=(self.n_users, self.n_items))
+
+    @cached_property
+    def trigger_matrix(self) -> sp.csr_matrix:
+        """Users x items trigger weights: behaviour weight x recency decay, strongest kept.
+
+        A (user, item) pair's weight is its strongest single event, so repeated
+        clicks do not swamp a purchase; each user keeps ``max_triggers`` items.
+        """
+        cfg = self.triggers
+        weights = pl.DataFrame({S.BEHAVIOR: list(cfg.behavior_weights),
+                                "bw": list(cfg.behavior_weights.values())}).with_columns(
+            pl.col(S.BEHAVIOR).cast(self.events.schema[S.BEHAVIOR]))
+        age_days = (self.now - pl.col(S.TS)) / 86400.0
+        triggers = (self.events
+                    .filter(age_days <= cfg.window_days)
+                    .join(weights, on=S.BEHAVIOR)
+                    .filter(pl.col("bw") > 0)
+                    .with_columns(w=pl.col("bw") * (0.5 ** (age_days / cfg.half_life_days)))
+                    .group_by(UIDX, IIDX).agg(pl.col("w").max())
+                    .sort([UIDX, "w", IIDX], descending=[False, True, False])
+                    .filter(pl.int_range(pl.len()).over(UIDX) < cfg.max_triggers))
+        return sp.csr_matrix(
+            (triggers["w"].to_numpy(), (triggers[UIDX].to_numpy(), triggers[IIDX].to_numpy())),
+            shape=(self.n_users, self.n_items))
+
+    def item_column(self, column: str, default=None) -> np.ndarray | None:
+        """An items-table column aligned to item indices (``default`` where unknown)."""
+        if self.items is None or column not in self.items.columns:
+            return None
+        aligned = (pl.DataFrame({S.ITEM: self.item_ids})
+                   .join(self.items.select(S.ITEM, column), on=S.ITEM, how="left", maintain_order="left"))
+        series = aligned[column]
+        if default is not None:
+            series = series.fill_null(default)
+        return series.to_numpy()
