@@ -1,0 +1,78 @@
+"""Merger properties (Hypothesis) and a hand-checked example."""
+
+from __future__ import annotations
+
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recall.merge import merge_channels
+
+CHANNEL_NAMES = ["a", "b", "c"]
+
+
+@st.composite
+def channel_tables(draw):
+    """Random candidate lists: per channel and user, distinct items ranked 1..n."""
+    tables, quotas = {}, {}
+    for name in draw(st.lists(st.sampled_from(CHANNEL_NAMES), min_size=1, max_size=3, unique=True)):
+        rows = []
+        for user in range(draw(st.integers(1, 4))):
+            items = draw(st.lists(st.integers(0, 12), max_size=10, unique=True))
+            rows += [(user, item, 1.0 / (r + 1), r + 1) for r, item in enumerate(items)]
+        tables[name] = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64,
+                                                  "score": pl.Float64, "rank": pl.Int32}, orient="row")
+        quotas[name] = draw(st.integers(0, 6))
+    return tables, quotas
+
+
+@settings(max_examples=300, deadline=None)
+@given(channel_tables(), st.integers(1, 12), st.booleans(), st.sets(st.sampled_from(CHANNEL_NAMES)),
+       st.randoms(use_true_random=False))
+def test_merge_properties(tables_quotas, budget, backfill, strict, rnd):
+    tables, quotas = tables_quotas
+    merged = merge_channels(tables, quotas, budget, strict=strict, backfill=backfill)
+    # At most the budget per user, no duplicate pairs, ranks 1..n.
+    per_user = merged.group_by("user_id").agg(pl.len(), pl.col("rank").sort())
+    assert all(n <= budget for n in per_user["len"])
+    assert all(r.to_list() == list(range(1, len(r) + 1)) for r in per_user["rank"])
+    assert merged.select("user_id", "item_id").is_duplicated().sum() == 0
+    # Quotas: a channel's own slots (position <= 1) never exceed its quota, and capped
+    # channels (strict, or no back-fill) never take more slots at all.
+    for name, quota in quotas.items():
+        own = merged.filter(pl.col("source") == name)
+        within = own.filter(pl.col("score") >= 1.0).group_by("user_id").len()
+        assert within.height == 0 or within["len"].max() <= quota
+        if name in strict or not backfill:
+            assert own.height == 0 or own.group_by("user_id").len()["len"].max() <= quota
+    # Every listed channel really holds the item; every holder is listed.
+    union = pl.concat([t.select("user_id", "item_id").with_columns(ch=pl.lit(n)) for n, t in tables.items()])
+    holders = union.group_by("user_id", "item_id").agg(pl.col("ch").unique().sort())
+    check = merged.join(holders, on=["user_id", "item_id"], how="left")
+    assert check["channels"].to_list() == check["ch"].to_list()
+    # Back-fill: a user gets the full budget whenever enough eligible candidates exist.
+    if backfill and not strict:
+        eligible = (union.join(pl.DataFrame({"ch": list(quotas), "q": list(quotas.values())}), on="ch")
+                    .filter(pl.col("q") > 0).select("user_id", "item_id").unique()
+                    .group_by("user_id").len())
+        got = merged.group_by("user_id").len()
+        joined = eligible.join(got, on="user_id", how="left", suffix="_got").fill_null(0)
+        assert (joined["len_got"] == joined["len"].clip(upper_bound=budget)).all()
+    # Stable under input order: shuffled rows and channel order give the same table.
+    shuffled = {n: t.sample(fraction=1.0, shuffle=True, seed=rnd.randint(0, 10**6))
+                for n, t in reversed(list(tables.items()))}
+    again = merge_channels(shuffled, quotas, budget, strict=strict, backfill=backfill)
+    assert again.sort("user_id", "rank").equals(merged.sort("user_id", "rank"))
+
+
+def test_merge_worked_example():
+    """Quotas a=2, b=1, budget 3: a's first two and b's first, shared items deduped, back-filled."""
+    def table(items):
+        return pl.DataFrame({"user_id": [1] * len(items), "item_id": items,
+                             "score": [1.0] * len(items), "rank": list(range(1, len(items) + 1))},
+                            schema_overrides={"rank": pl.Int32})
+
+    merged = merge_channels({"a": table([10, 11, 12]), "b": table([11, 20])}, {"a": 2, "b": 1}, 3)
+    rows = merged.select("item_id", "source", "channels").rows()
+    # positions: a: 10->0.5, 11->1.0, 12->1.5; b: 11->1.0, 20->2.0. 11 is shared (one slot).
+    assert rows == [(10, "a", ["a"]), (11, "a", ["a", "b"]), (12, "a", ["a"])]
