@@ -103,7 +103,7 @@ def _read_text(path: Path, *, separator: str, has_header: bool, quote_char: str 
                 "(check the separator and that no value contains it unquoted)"
             ) from exc
         raise RecallError(
-            f"cannot read '{path}' ({reason}); expected a UTF-8 text file with {layout}"
+            f"cannot read '{path}' ({reason}); expected a UTF-8 text file: {layout}"
         ) from exc
     first = 2 if has_header else 1
     df = df.with_row_index(_LINE, offset=first)
@@ -279,7 +279,10 @@ def import_taobao(src: str | Path) -> Dataset:
 
 # --------------------------------------------------------------------------- movielens
 
-RECBOLE_LAYOUT = "a RecBole atomic file: tab-separated, header like 'user_id:token\titem_id:token'"
+RECBOLE_LAYOUT = (
+    "a RecBole atomic file: tab-separated, with a typed header such as "
+    "user_id:token, item_id:token, rating:float, timestamp:float"
+)
 # Bands of the MovieLens 1M age codes (1, 18, 25, 35, 45, 50, 56) extended to
 # raw ages, so both data sets get the same labels.
 AGE_BANDS = ((18, "<18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (55, "45-54"))
@@ -327,6 +330,20 @@ def _read_recbole(path: Path, required: tuple[str, ...]) -> pl.DataFrame:
     return df
 
 
+def _ints_if_integral(column: str, inter: pl.DataFrame, side: pl.DataFrame | None
+                      ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Cast id ``column`` to Int64 in both tables if every id in both is an integer.
+
+    The type is decided over events and side table together: if they
+    disagreed, joins on the id would silently match nothing.
+    """
+    tables = [t for t in (inter, side) if t is not None]
+    if not _all_integral([t[column] for t in tables]):
+        return inter, side
+    as_int = pl.col(column).cast(pl.Int64)
+    return inter.with_columns(as_int), (None if side is None else side.with_columns(as_int))
+
+
 def _age_band(age: pl.Expr) -> pl.Expr:
     expr = pl.when(age.is_null()).then(pl.lit(None, dtype=pl.String))
     for upper, label in AGE_BANDS:
@@ -369,18 +386,8 @@ def import_movielens(src: str | Path, *, fav_threshold: float = 4) -> Dataset:
     items = _read_recbole(item_path, (S.ITEM,)) if item_path else None
     users = _read_recbole(user_path, (S.USER,)) if user_path else None
 
-    # Decide each id type over all files at once: events and side tables must
-    # agree, or joins on them silently match nothing.
-    for column, side in ((S.USER, users), (S.ITEM, items)):
-        tables = [t for t in (inter, side) if t is not None]
-        if _all_integral([t[column] for t in tables]):
-            inter = inter.with_columns(pl.col(column).cast(pl.Int64))
-            if side is not None:
-                side = side.with_columns(pl.col(column).cast(pl.Int64))
-        if column == S.USER:
-            users = side
-        else:
-            items = side
+    inter, users = _ints_if_integral(S.USER, inter, users)
+    inter, items = _ints_if_integral(S.ITEM, inter, items)
 
     inter = _parse_number(inter, "timestamp", pl.Float64, inter_path)
     inter = inter.with_columns(pl.col("timestamp").floor().cast(pl.Int64).alias(S.TS))

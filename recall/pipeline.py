@@ -1,0 +1,182 @@
+"""The jobs behind the CLI: build channels, merge them, publish the run."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import platform
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+from recall import schema as S
+from recall.channels import get_channel
+from recall.config import Config
+from recall.context import TrainData
+from recall.errors import RecallError
+from recall.io import Dataset, check_id_types, load_dataset
+from recall.merge import merge_channels
+from recall.publish import publish, resolve_run
+
+Step = Callable[[str], contextlib.AbstractContextManager]
+LIBRARIES = ("recall", "polars", "numpy", "scipy", "implicit", "pyarrow", "pydantic")
+
+
+def no_progress(_: str) -> contextlib.AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class ChannelOutput:
+    name: str
+    candidates: pl.DataFrame
+    i2i: pl.DataFrame | None
+    seconds: float
+
+
+def load_data(cfg: Config) -> Dataset:
+    data = load_dataset(cfg.data.dir)
+    check_id_types(data)
+    return data
+
+
+def default_run_date(data: Dataset) -> str:
+    """The day after the last event (UTC): the tables serve that day."""
+    last = dt.datetime.fromtimestamp(int(data.events[S.TS].max()), tz=dt.timezone.utc).date()
+    return (last + dt.timedelta(days=1)).isoformat()
+
+
+def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutput:
+    """Fit one channel and produce its candidates (``n`` per user) and its i2i table if any."""
+    params = cfg.channels.get(name)
+    channel = get_channel(name)(params)
+    started = time.perf_counter()
+    channel.fit(train)
+    candidates = channel.recommend(train, n)
+    i2i = channel.similar_items(train)
+    return ChannelOutput(name, candidates, i2i, time.perf_counter() - started)
+
+
+def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
+                 n: int | None = None) -> dict[str, ChannelOutput]:
+    outputs = {}
+    for name in names:
+        with step(f"channel {name}"):
+            outputs[name] = fit_channel(name, cfg, train, n or cfg.candidates_per_user)
+    return outputs
+
+
+def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    quotas = cfg.quotas()
+    strict = {name for name in candidates if cfg.channels[name].strict}
+    return merge_channels(candidates, {n: quotas[n] for n in candidates}, cfg.candidates_per_user,
+                          strict=strict, backfill=cfg.merge.backfill)
+
+
+def fingerprint(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"path": str(path), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def _record_channel(pub, output: ChannelOutput) -> None:
+    pub.write_table(f"channels/{output.name}.parquet", output.candidates)
+    if output.i2i is not None:
+        pub.write_table(f"i2i/{output.name}.parquet", output.i2i)
+    pub.manifest.setdefault("timings_seconds", {})[f"channel.{output.name}"] = round(output.seconds, 3)
+
+
+def _stamp_manifest(pub, cfg: Config, data: Dataset | None) -> None:
+    pub.manifest.update({
+        "run_date": pub.run_date,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "config": cfg.model_dump(mode="json"),
+        "libraries": library_versions(),
+    })
+    if data is not None:
+        pub.manifest["inputs"] = {name: fingerprint(path) for name, path in data.files.items()}
+
+
+def run(cfg: Config, step: Step = no_progress) -> dict:
+    """Fit every enabled channel, merge, and publish all tables as one new run."""
+    names = cfg.enabled_channels()
+    if not names:
+        raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
+    with step("load data"):
+        data = load_data(cfg)
+        train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
+    run_date = cfg.output.run_date or default_run_date(data)
+    outputs = fit_channels(cfg, train, names, step)
+    with step("merge"):
+        started = time.perf_counter()
+        merged = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()})
+        merge_seconds = time.perf_counter() - started
+    with step("publish"), publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs) as pub:
+        for output in outputs.values():
+            _record_channel(pub, output)
+        pub.write_table("candidates.parquet", merged)
+        pub.manifest.setdefault("timings_seconds", {})["merge"] = round(merge_seconds, 3)
+        _stamp_manifest(pub, cfg, data)
+    return summary(cfg, pub, outputs, merged)
+
+
+def build(cfg: Config, name: str, step: Step = no_progress) -> dict:
+    """Fit one channel and publish its tables into the run date, keeping the other tables."""
+    get_channel(name)
+    with step("load data"):
+        data = load_data(cfg)
+        train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
+    run_date = cfg.output.run_date or default_run_date(data)
+    outputs = fit_channels(cfg, train, [name], step)
+    with step("publish"), publish(cfg.output.root, run_date, incremental=True,
+                                  keep_runs=cfg.output.keep_runs) as pub:
+        _record_channel(pub, outputs[name])
+        _stamp_manifest(pub, cfg, data)
+    return summary(cfg, pub, outputs, None)
+
+
+def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_progress) -> dict:
+    """Merge the channel tables already published for a run date and publish the candidates."""
+    run_dir = resolve_run(cfg.output.root, run_date or cfg.output.run_date or None)
+    names = [n for n in cfg.enabled_channels() if (run_dir / "channels" / f"{n}.parquet").exists()]
+    if not names:
+        raise RecallError(f"no channel tables of enabled channels in '{run_dir}/channels'; "
+                          "run 'recall build CHANNEL' first")
+    with step("merge"):
+        candidates = {n: pl.read_parquet(run_dir / "channels" / f"{n}.parquet") for n in names}
+        merged = merge_outputs(cfg, candidates)
+    with step("publish"), publish(cfg.output.root, run_dir.resolve().name.split(".")[0], incremental=True,
+                                  keep_runs=cfg.output.keep_runs) as pub:
+        pub.write_table("candidates.parquet", merged)
+        _stamp_manifest(pub, cfg, None)
+    return summary(cfg, pub, {}, merged)
+
+
+def summary(cfg: Config, pub, outputs: dict[str, ChannelOutput], merged: pl.DataFrame | None) -> dict:
+    """What the CLI prints: per-channel rows, users, seconds, and where the tables are."""
+    channels = {}
+    for name, out in outputs.items():
+        channels[name] = {"rows": out.candidates.height, "users": out.candidates[S.USER].n_unique(),
+                          "i2i_rows": None if out.i2i is None else out.i2i.height,
+                          "seconds": round(out.seconds, 2)}
+    result = {"run_date": pub.run_date, "published": str(pub.root / pub.run_date), "channels": channels}
+    if merged is not None:
+        result["candidates"] = {"rows": merged.height, "users": merged[S.USER].n_unique(),
+                                "by_source": dict(merged.group_by("source").len().sort("source").iter_rows())}
+    return result

@@ -1,0 +1,395 @@
+"""Tests for recall.importers: real shared samples plus small synthetic files."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from recall import schema as S
+from recall.errors import RecallError
+from recall.importers import (
+    IMPORTER_HELP,
+    IMPORTERS,
+    importer_options,
+    run_importer,
+)
+
+TAOBAO_COUNTS = {"click": 3926, "fav": 128, "buy": 77, "cart": 190}
+
+
+def shared_data(name: str) -> Path:
+    """Folder ``name`` of the shared data area next to the repo, or skip the test.
+
+    The repo and ``shared`` are siblings (``<root>/main`` and ``<root>/shared``),
+    so the location is derived from this file rather than hard-coded.
+    """
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / name
+    if not folder.is_dir():
+        pytest.skip(f"shared data folder absent: {folder}")
+    return folder
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def test_registry_names_and_help():
+    assert set(IMPORTERS) == {"taobao", "movielens", "generic"}
+    assert set(IMPORTER_HELP) == set(IMPORTERS)
+    assert all(isinstance(h, str) and h and "\n" not in h for h in IMPORTER_HELP.values())
+    assert importer_options("movielens") == ["fav_threshold"]
+    assert "behavior_map" in importer_options("generic")
+
+
+def test_unknown_importer_and_option(tmp_path):
+    with pytest.raises(RecallError, match="did you mean 'taobao'"):
+        run_importer("taobo", tmp_path)
+    with pytest.raises(RecallError, match="fav_threshold"):
+        run_importer("movielens", tmp_path, fav_treshold=3)
+
+
+# --------------------------------------------------------------------------- taobao, real sample
+
+
+def test_taobao_real_sample():
+    folder = shared_data("taobao-userbehavior-sample")
+    data = IMPORTERS["taobao"](folder)  # folder form: finds UserBehavior.csv
+    ev = data.events
+    assert ev.height == 4321
+    counts = {str(b): n for b, n in ev.group_by(S.BEHAVIOR).len().iter_rows()}
+    assert counts == TAOBAO_COUNTS
+    assert ev[S.USER].n_unique() == 43
+    assert ev[S.ITEM].n_unique() == 3276
+    assert ev.schema[S.USER] == pl.Int64 and ev.schema[S.TS] == pl.Int64
+    items = data.items
+    assert items.height == 3276
+    assert items[S.CATEGORY].null_count() == 0
+    missing = ev.select(S.ITEM).unique().join(items, on=S.ITEM, how="anti")
+    assert missing.height == 0
+    assert data.files["events"].name == "UserBehavior.csv"
+    # The file form gives the same result.
+    same = IMPORTERS["taobao"](folder / "UserBehavior.csv")
+    assert same.events.equals(ev)
+
+
+# --------------------------------------------------------------------------- taobao, synthetic
+
+TAOBAO_ROWS = "1,10,100,pv,1511544070\n1,11,100,buy,1511544080\n2,10,100,cart,1511544090\n2,12,200,fav,1511544100\n"
+
+
+def test_taobao_without_and_with_header(tmp_path):
+    plain = IMPORTERS["taobao"](write(tmp_path / "a.csv", TAOBAO_ROWS))
+    header = "user_id,item_id,category_id,behavior_type,timestamp\n"
+    with_header = IMPORTERS["taobao"](write(tmp_path / "b.csv", header + TAOBAO_ROWS))
+    assert plain.events.equals(with_header.events)
+    assert plain.items.sort(S.ITEM).equals(with_header.items.sort(S.ITEM))
+    assert plain.events[S.BEHAVIOR].cast(pl.String).to_list() == ["click", "buy", "cart", "fav"]
+    assert plain.items.sort(S.ITEM).rows() == [(10, 100), (11, 100), (12, 200)]
+
+
+def test_taobao_header_in_other_order_is_honoured(tmp_path):
+    text = "timestamp,behavior_type,category_id,item_id,user_id\n1511544070,pv,100,10,1\n"
+    data = IMPORTERS["taobao"](write(tmp_path / "r.csv", text))
+    assert data.events.row(0) == (1, 10, "click", 1511544070)
+
+
+def test_taobao_blank_lines_and_spaces_tolerated(tmp_path):
+    text = "1, 10,100,pv,1511544070\r\n\r\n2,11,100,PV,1511544080\r\n\n"
+    data = IMPORTERS["taobao"](write(tmp_path / "c.csv", text))
+    assert data.events.height == 2
+    assert data.events[S.ITEM].to_list() == [10, 11]
+
+
+def test_taobao_category_most_frequent_then_smallest(tmp_path):
+    rows = [
+        "1,10,300,pv,1511544070", "2,10,300,pv,1511544071", "3,10,100,pv,1511544072",  # 300 twice
+        "1,11,500,pv,1511544073", "2,11,400,pv,1511544074",  # tie -> 400
+    ]
+    data = IMPORTERS["taobao"](write(tmp_path / "t.csv", "\n".join(rows) + "\n"))
+    assert dict(data.items.rows()) == {10: 300, 11: 400}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 5), st.integers(1, 4),
+                          st.sampled_from(["pv", "fav", "cart", "buy"]), st.integers(0, 10**6)),
+                min_size=1, max_size=40))
+def test_taobao_matches_python_oracle(tmp_path, rows):
+    path = tmp_path / "prop.csv"
+    path.write_text("".join(f"{u},{i},{c},{b},{1_500_000_000 + t}\n" for u, i, c, b, t in rows))
+    data = IMPORTERS["taobao"](path)
+    # Exact duplicate events (same user, item, behaviour, second; the category is
+    # not part of the event) are dropped by normalise_events.
+    unique_events = {(u, i, b, t) for u, i, _, b, t in rows}
+    names = {"pv": "click"}
+    expected = Counter(names.get(b, b) for _, _, b, _ in unique_events)
+    got = Counter(str(b) for b in data.events[S.BEHAVIOR].to_list())
+    assert got == expected
+    # Category oracle over all rows, duplicates included: most frequent, then smallest.
+    per_item: dict[int, Counter] = {}
+    for _, i, c, _, _ in rows:
+        per_item.setdefault(i, Counter())[c] += 1
+    oracle = {i: min(cs, key=lambda c: (-cs[c], c)) for i, cs in per_item.items()}
+    assert dict(data.items.rows()) == oracle
+
+
+def test_taobao_wrong_column_count(tmp_path):
+    path = write(tmp_path / "four.csv", "1,10,pv,1511544070\n2,11,pv,1511544071\n")
+    with pytest.raises(RecallError, match=r"four\.csv.*4 comma-separated column\(s\).*has 5"):
+        IMPORTERS["taobao"](path)
+
+
+def test_taobao_ragged_line(tmp_path):
+    path = write(tmp_path / "ragged.csv", "1,10,100,pv,1511544070\n2,11,100,pv,1511544071,9\n")
+    with pytest.raises(RecallError, match=r"ragged\.csv.*more fields"):
+        IMPORTERS["taobao"](path)
+    short = write(tmp_path / "short.csv", "1,10,100,pv,1511544070\n2,11,100,pv\n")
+    with pytest.raises(RecallError, match=r"short\.csv' line 2: column 'timestamp' is empty"):
+        IMPORTERS["taobao"](short)
+
+
+def test_taobao_unparseable_number_names_column_and_line(tmp_path):
+    path = write(tmp_path / "bad.csv", TAOBAO_ROWS + "3,x12,100,pv,1511544070\n")
+    with pytest.raises(RecallError, match=r"column 'item_id' in '.*bad\.csv'.*line 5.*'x12'"):
+        IMPORTERS["taobao"](path)
+
+
+def test_taobao_unknown_behaviour(tmp_path):
+    path = write(tmp_path / "beh.csv", TAOBAO_ROWS + "3,12,100,share,1511544070\n")
+    with pytest.raises(RecallError, match=r"behavior_type.*'share'.*line 5"):
+        IMPORTERS["taobao"](path)
+
+
+def test_taobao_folder_without_file(tmp_path):
+    write(tmp_path / "other.csv", TAOBAO_ROWS)
+    with pytest.raises(RecallError, match=r"no 'UserBehavior\.csv'.*other\.csv"):
+        IMPORTERS["taobao"](tmp_path)
+
+
+def test_taobao_header_only(tmp_path):
+    path = write(tmp_path / "h.csv", "user_id,item_id,category_id,behavior_type,timestamp\n")
+    with pytest.raises(RecallError, match="no data lines"):
+        IMPORTERS["taobao"](path)
+
+
+# --------------------------------------------------------------------------- movielens, real
+
+
+def _ml100k_ratings(folder: Path) -> list[float]:
+    """Oracle: ratings read with the standard library, independent of the importer."""
+    with open(folder / "ml-100k.inter", newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, delimiter="\t")
+        header = next(reader)
+        col = [h.split(":")[0] for h in header].index("rating")
+        return [float(row[col]) for row in reader]
+
+
+def test_movielens_real_ml100k():
+    folder = shared_data("ml-100k")
+    data = IMPORTERS["movielens"](folder)
+    ev = data.events
+    ratings = _ml100k_ratings(folder)
+    counts = {str(b): n for b, n in ev.group_by(S.BEHAVIOR).len().iter_rows()}
+    assert counts["click"] == 100_000 == len(ratings)
+    assert counts["fav"] == sum(r >= 4 for r in ratings)
+    assert set(counts) == {"click", "fav"}
+    assert ev.schema[S.USER] == pl.Int64 and ev.schema[S.ITEM] == pl.Int64
+    assert ev[S.USER].n_unique() == 943 and ev[S.ITEM].n_unique() == 1682
+    # Every fav has its click at the same second.
+    favs = ev.filter(pl.col(S.BEHAVIOR) == "fav").select(S.USER, S.ITEM, S.TS)
+    clicks = ev.filter(pl.col(S.BEHAVIOR) == "click").select(S.USER, S.ITEM, S.TS)
+    assert favs.join(clicks, on=[S.USER, S.ITEM, S.TS], how="anti").height == 0
+
+    items = data.items
+    assert items.height == 1682
+    assert items.schema["genres"] == pl.List(pl.String)
+    assert items.schema["release_year"] == pl.Int64
+    assert {"title", S.CATEGORY} <= set(items.columns)
+    assert items["release_year"].null_count() <= 2  # 'unkonwn' and 'V' in the real file
+    assert items["release_year"].drop_nulls().is_between(1900, 2000).all()
+    assert items.filter(pl.col("genres").list.len() == 0).height == 0
+    assert (items[S.CATEGORY] == items["genres"].list.first()).all()
+    toy = items.filter(pl.col(S.ITEM) == 1).row(0, named=True)
+    assert toy["title"] == "Toy Story" and toy["release_year"] == 1995
+    assert toy["genres"] == ["Animation", "Children's", "Comedy"] and toy[S.CATEGORY] == "Animation"
+
+    users = data.users
+    assert users.height == 943
+    assert {"age", "gender", "occupation", "zip_code", "age_band"} <= set(users.columns)
+    assert users["age_band"].null_count() == 0
+    assert set(users["age_band"]) <= {"<18", "18-24", "25-34", "35-44", "45-54", "55+"}
+    assert users.filter(pl.col(S.USER) == 1)["age_band"].item() == "18-24"  # age 24
+
+
+def test_movielens_real_fav_threshold_option():
+    folder = shared_data("ml-100k")
+    data = run_importer("movielens", folder / "ml-100k.inter", fav_threshold=5)
+    favs = data.events.filter(pl.col(S.BEHAVIOR) == "fav").height
+    assert favs == sum(r >= 5 for r in _ml100k_ratings(folder))
+
+
+# --------------------------------------------------------------------------- movielens, synthetic
+
+INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+
+
+def test_movielens_synthetic_string_ids_and_side_files(tmp_path):
+    write(tmp_path / "toy.inter", INTER + "u1\t1\t5\t100\nu2\t2\t3.5\t200.7\n")
+    write(tmp_path / "toy.item", "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+          "1\tA \"quoted\" title\t1999\tDrama  Comedy\n2\tB\tunknown\t\n")
+    write(tmp_path / "toy.user", "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token\n"
+          "u1\t17\tF\tstudent\tK1A0B\nu2\t60\tM\tother\t02138\n")
+    data = IMPORTERS["movielens"](tmp_path)
+    ev = data.events.sort(S.TS, S.BEHAVIOR)
+    assert ev.schema[S.USER] == pl.String and ev.schema[S.ITEM] == pl.Int64
+    assert ev.select(S.USER, S.ITEM, pl.col(S.BEHAVIOR).cast(pl.String), S.TS).rows() == [
+        ("u1", 1, "click", 100), ("u1", 1, "fav", 100), ("u2", 2, "click", 200)]
+    items = data.items.sort(S.ITEM)
+    assert items["title"].to_list() == ['A "quoted" title', "B"]
+    assert items["release_year"].to_list() == [1999, None]
+    assert items["genres"].to_list() == [["Drama", "Comedy"], None]
+    assert items[S.CATEGORY].to_list() == ["Drama", None]
+    users = data.users.sort(S.USER)
+    assert users["age_band"].to_list() == ["<18", "55+"]
+    assert users["zip_code"].to_list() == ["K1A0B", "02138"]  # leading zero kept
+
+
+def test_movielens_bad_rating_names_column_and_line(tmp_path):
+    write(tmp_path / "x.inter", INTER + "1\t1\t5\t100\n1\t2\tfive\t200\n")
+    with pytest.raises(RecallError, match=r"column 'rating' in '.*x\.inter'.*line 3.*'five'"):
+        IMPORTERS["movielens"](tmp_path)
+
+
+def test_movielens_comma_separated_file(tmp_path):
+    write(tmp_path / "c.inter", "user_id:token,item_id:token,rating:float,timestamp:float\n1,1,5,100\n")
+    with pytest.raises(RecallError, match=r"missing from '.*c\.inter'.*tab-separated"):
+        IMPORTERS["movielens"](tmp_path)
+
+
+def test_movielens_folder_without_inter(tmp_path):
+    with pytest.raises(RecallError, match=r"no '\.inter' file"):
+        IMPORTERS["movielens"](tmp_path)
+
+
+def test_movielens_bad_threshold(tmp_path):
+    with pytest.raises(RecallError, match="fav_threshold"):
+        IMPORTERS["movielens"](tmp_path, fav_threshold="high")
+
+
+# --------------------------------------------------------------------------- generic
+
+
+def test_generic_mapping_ms_and_side_tables(tmp_path):
+    events = write(tmp_path / "log.csv", "uid,sku,event,when_ms,price\n"
+                   "7,a,pv,1700000000999,1.5\n7,b,view,1700000001000,2.0\n"
+                   "8,a,purchase,1700000002500,1.5\n8,b,cart,1700000003000,2.0\n")
+    items = write(tmp_path / "products.csv", "sku,category_id\na,shoes\nb,hats\n")
+    users = write(tmp_path / "people.csv", "uid,city\n7,Oslo\n8,Rome\n")
+    data = IMPORTERS["generic"](
+        events, user_col="uid", item_col="sku", behavior_col="event", ts_col="when_ms",
+        behavior_map={"pv": "click", "view": "click", "purchase": "buy"}, ts_unit="ms",
+        items_src=items, users_src=users,
+    )
+    ev = data.events
+    assert ev.columns[:4] == list(S.EVENT_COLUMNS) and "price" in ev.columns
+    assert ev[S.BEHAVIOR].cast(pl.String).to_list() == ["click", "click", "buy", "cart"]
+    assert ev[S.TS].to_list() == [1700000000, 1700000001, 1700000002, 1700000003]
+    assert ev.schema[S.USER] == pl.Int64 and ev.schema[S.ITEM] == pl.String
+    assert dict(data.items.rows()) == {"a": "shoes", "b": "hats"}
+    assert data.users.columns == [S.USER, "city"]
+    assert data.files == {"events": events, "items": items, "users": users}
+
+
+def test_generic_parquet_us_float_and_default_click(tmp_path):
+    path = tmp_path / "ev.parquet"
+    pl.DataFrame({"user": [1, 2], "item": [3, 4], "t": [1.7e15 + 0.5, 1.7e15 + 2e6]}).write_parquet(path)
+    data = run_importer("generic", path, user_col="user", item_col="item", ts_col="t", ts_unit="us")
+    assert data.events[S.BEHAVIOR].cast(pl.String).to_list() == ["click", "click"]
+    assert data.events[S.TS].to_list() == [1_700_000_000, 1_700_000_002]
+
+
+def test_generic_uses_behavior_column_by_default(tmp_path):
+    path = write(tmp_path / "e.csv", "user_id,item_id,behavior,ts\n1,2,buy,100\n")
+    data = IMPORTERS["generic"](path)
+    assert data.events[S.BEHAVIOR].cast(pl.String).to_list() == ["buy"]
+
+
+def test_generic_unknown_behaviour(tmp_path):
+    path = write(tmp_path / "e.csv", "u,i,act,t\n1,2,view,100\n1,3,view,101\n1,4,like,102\n1,5,click,103\n")
+    with pytest.raises(RecallError) as info:
+        IMPORTERS["generic"](path, user_col="u", item_col="i", behavior_col="act", ts_col="t")
+    message = str(info.value)
+    assert "e.csv" in message and "'act'" in message
+    assert "'view' (2 rows)" in message and "'like' (1 rows)" in message
+    assert "click" not in message.split("allowed")[0]  # valid values are not reported
+    assert "behavior_map" in message
+
+
+def test_generic_ms_without_unit_suggests_ts_unit(tmp_path):
+    path = write(tmp_path / "e.csv", "user_id,item_id,ts\n1,2,1700000000000\n")
+    with pytest.raises(RecallError, match=r"ts_unit='ms'"):
+        IMPORTERS["generic"](path)
+
+
+def test_generic_missing_column_names_option(tmp_path):
+    path = write(tmp_path / "e.csv", "user,item_id,ts\n1,2,100\n")
+    with pytest.raises(RecallError, match=r"'user_id' \(user_col\) not in '.*e\.csv'.*user_col=NAME"):
+        IMPORTERS["generic"](path)
+
+
+def test_generic_bad_options(tmp_path):
+    path = write(tmp_path / "e.csv", "user_id,item_id,ts\n1,2,100\n")
+    with pytest.raises(RecallError, match="ts_unit"):
+        IMPORTERS["generic"](path, ts_unit="minutes")
+    with pytest.raises(RecallError, match="behavior_map maps to unknown"):
+        IMPORTERS["generic"](path, behavior_col="x", behavior_map={"pv": "view"})
+    with pytest.raises(RecallError, match="no behaviour column"):
+        IMPORTERS["generic"](path, behavior_map={"pv": "click"})
+
+
+# --------------------------------------------------------------------------- failure modes, all importers
+
+
+@pytest.mark.parametrize("name", sorted(IMPORTERS))
+def test_missing_source(tmp_path, name):
+    missing = tmp_path / "nope" / "events.csv"
+    with pytest.raises(RecallError, match=r"nope.*does not exist"):
+        IMPORTERS[name](missing)
+
+
+@pytest.mark.parametrize("name, filename", [
+    ("taobao", "UserBehavior.csv"),
+    ("movielens", "garbage.inter"),
+    ("generic", "garbage.csv"),
+    ("generic", "garbage.parquet"),
+])
+def test_garbage_file(tmp_path, name, filename):
+    path = tmp_path / filename
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe" + os.urandom(2048))
+    with pytest.raises(RecallError, match=filename.replace(".", r"\.")):
+        IMPORTERS[name](path)
+
+
+@pytest.mark.parametrize("name, filename", [
+    ("taobao", "UserBehavior.csv"), ("movielens", "empty.inter"), ("generic", "empty.csv"),
+])
+def test_empty_file(tmp_path, name, filename):
+    path = write(tmp_path / filename, "")
+    with pytest.raises(RecallError, match=filename.replace(".", r"\.")):
+        IMPORTERS[name](path)
+
+
+def test_text_that_is_not_taobao(tmp_path):
+    path = write(tmp_path / "notes.csv", "just some notes\nabout nothing\n")
+    with pytest.raises(RecallError, match=r"notes\.csv.*1 comma-separated column"):
+        IMPORTERS["taobao"](path)
