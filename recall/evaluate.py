@@ -101,11 +101,11 @@ def implicit_bm25(train: TrainData, users: pl.Series, n: int, k1: float = 1.2, b
 
     user_items = train.interactions.astype(np.float64).tocsr()
     model = BM25Recommender(K=neighbours, K1=k1, B=b)
-    model.fit(user_items, show_progress=False)
     idx = train.user_index(users)
     idx = idx[idx >= 0]
     with warnings.catch_warnings():  # implicit warns about its own internal COO conversion
         warnings.simplefilter("ignore")
+        model.fit(user_items, show_progress=False)
         ids, scores = model.recommend(idx, user_items[idx], N=n, filter_already_liked_items=True)
     valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
     rows = np.repeat(idx, ids.shape[1]).reshape(ids.shape)

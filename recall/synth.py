@@ -78,7 +78,7 @@ CLUSTER_SIZE = 8             # "similar items" browsed together
 COLD_FRACTION = 0.02
 ITEMS_PER_ANCHOR = 20        # n_items // 20 anchors
 COMPANION_OTHER_CATEGORY = 0.7
-MEAN_CTR = 0.06
+MEAN_CTR = 0.05
 
 # --- users -----------------------------------------------------------------
 BOT_FRACTION = 0.001
@@ -89,12 +89,15 @@ SESSION_RATE = 1.4           # sessions = 1 + Poisson(SESSION_RATE * Lomax(1.5))
 SESSION_LEN_MEDIAN = 18      # impressions per session, lognormal
 MAX_SESSION_LEN = 200
 MAX_SESSIONS_PER_DAY = 20
-SEGMENT_SWITCH = 0.025       # per impression: start a new theme segment
+SEGMENT_SWITCH = 0.02        # per impression: start a new theme segment
 ON_THEME = 0.65              # share of impressions from the segment's theme
 FROM_CLUSTER = 0.5           # share of on-theme impressions from the seed's cluster
 CLICK_BOOST = {"cluster": 2.0, "category": 1.5, "feed": 0.3}
 BOT_CTR = 0.5
+BOT_SESSION_LEN_MEDIAN = 40
 SESSION_GAP = 3600           # minimum seconds between sessions (covers all follow-ups)
+
+NORMALISE_CHUNK = 2_000_000  # rows per normalise_events call (bounds its memory)
 
 # --- follow-ups --------------------------------------------------------------
 # Probability that an anchor interaction is followed by a companion click,
@@ -313,6 +316,25 @@ def planted_pairs(n_items: int, seed: int) -> pl.DataFrame:
     }, schema={"anchor_id": pl.Int64, "companion_id": pl.Int64})
 
 
+def planted_clusters(n_items: int, seed: int) -> pl.DataFrame:
+    """The "similar item" clusters planted by ``synthesize(_, n_items, _, seed)``.
+
+    Returns
+    -------
+    pl.DataFrame
+        Columns ``item_id``, ``category_id`` and ``cluster_id`` (Int64) for every
+        warm item: a session segment browses one cluster much more than the
+        rest of its category, so items of a cluster co-occur in sessions.
+    """
+    cat = _build_catalogue(n_items, _rngs(seed)[0])
+    warm = cat.warm_items
+    return pl.DataFrame({
+        S.ITEM: cat.item_id[warm],
+        S.CATEGORY: cat.category[warm],
+        "cluster_id": cat.cluster[warm],
+    }, schema={S.ITEM: pl.Int64, S.CATEGORY: pl.Int64, "cluster_id": pl.Int64}).sort(S.ITEM)
+
+
 @dataclass
 class _Users:
     group: np.ndarray         # gender * len(AGE_BANDS) + age band
@@ -439,12 +461,12 @@ def synthesize(n_users: int, n_items: int, days: int, seed: int,
     # --- sessions: power-law activity, per-user counts, then flat arrays ----
     activity = rng.pareto(1.5, n_users)
     n_sess = 1 + rng.poisson(SESSION_RATE * activity)
-    n_sess = np.where(users.bot, 2 * days, n_sess)  # bots: steady, long crawls
+    n_sess = np.where(users.bot, days, n_sess)  # bots: a long crawl every day
     n_sess = np.minimum(n_sess, MAX_SESSIONS_PER_DAY * days)
     sess_user = np.repeat(np.arange(n_users), n_sess)
     n_s = sess_user.size
     bot_s = users.bot[sess_user]
-    sess_len = np.round(rng.lognormal(np.log(np.where(bot_s, 60, SESSION_LEN_MEDIAN)), 0.8, n_s))
+    sess_len = np.round(rng.lognormal(np.log(np.where(bot_s, BOT_SESSION_LEN_MEDIAN, SESSION_LEN_MEDIAN)), 0.8, n_s))
     sess_len = np.clip(sess_len, 2, MAX_SESSION_LEN).astype(np.int64)
 
     # --- impressions: one row per exposure, grouped by session --------------
@@ -595,5 +617,13 @@ def synthesize(n_users: int, n_items: int, days: int, seed: int,
         "city": np.char.add("c", users.city.astype(str)),
     })
     where = Path("<synth>")
-    return Dataset(events=normalise_events(events, where), items=normalise_items(items, where),
+    # normalise_events checks and casts column by column and runs a hash-based
+    # unique(): on 20M rows that transiently costs several GB. The rows are
+    # already unique, so normalising slices and concatenating gives the same
+    # frame with a bounded memory overhead.
+    chunks = [normalise_events(events.slice(lo, NORMALISE_CHUNK), where)
+              for lo in range(0, events.height, NORMALISE_CHUNK)]
+    events = pl.concat(chunks, rechunk=True)
+    del chunks
+    return Dataset(events=events, items=normalise_items(items, where),
                    users=normalise_users(users_df, where))
