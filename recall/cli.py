@@ -238,10 +238,10 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None
     table = Table(title=(f"time split: {report['test_users']:,} test users "
                          f"({report['test_users_without_history']:,} without history), "
                          f"{report['targets']:,} targets"))
-    for column in ("name", "kind", "K", "Recall", "HitRate", "NDCG", "Coverage"):
-        table.add_column(column, justify="left" if column in ("name", "kind") else "right")
-    for row in report["results"]:
-        table.add_row(row["name"], row["kind"], str(row["k"]), f"{row['recall']:.4f}",
+    for column in ("name", "kind", "users", "K", "Recall", "HitRate", "NDCG", "Coverage"):
+        table.add_column(column, justify="left" if column in ("name", "kind", "users") else "right")
+    for row in sorted(report["results"], key=lambda r: r["segment"]):
+        table.add_row(row["name"], row["kind"], row["segment"], str(row["k"]), f"{row['recall']:.4f}",
                       f"{row['hit_rate']:.4f}", f"{row['ndcg']:.4f}", f"{row['coverage']:.4f}")
     out.print(table)
     if json_out is not None:

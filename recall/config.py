@@ -92,17 +92,18 @@ class Config(Strict):
         typed, problems = {}, []
         for name, section in self.channels.items():
             if name not in CHANNELS:
-                problems.append(unknown_channel(name))
+                problems.append(f"channels.{name}: {unknown_channel(name)}")
                 continue
             params_model = CHANNELS[name].Params
             try:
                 typed[name] = (section if isinstance(section, params_model)
                                else params_model.model_validate(section))
             except ValidationError as exc:
-                problems += [f"channels.{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                             for e in exc.errors()]
+                problems += [f"{'.'.join(['channels', name, *map(str, e['loc'])])}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         if problems:
-            raise ValueError("; ".join(problems))
+            # One problem per line, each already naming its field path (see _format_validation_error).
+            raise ValueError("\n  ".join(problems))
         object.__setattr__(self, "channels", typed)
         return self
 
@@ -123,8 +124,11 @@ class Config(Strict):
 def _format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a model-level check (the channel sections) names its own paths
+            lines.append(f"  {msg}")
+            continue
+        path = ".".join(str(p) for p in err["loc"]) or "(top level)"
         lines.append(f"  {path}: {msg}")
     return f"invalid configuration in {source}:\n" + "\n".join(lines)
 
@@ -134,11 +138,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecallError(f"override '{text}' must look like section.key=value, e.g. channels.itemcf.top_k=50")
     key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        raise RecallError(f"override '{text}' has an empty key; write it like channels.itemcf.top_k=50")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
-    return key.strip().split("."), value
+    return [k.strip() for k in keys], value
 
 
 def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
@@ -167,6 +174,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise RecallError(f"config file '{path}' does not exist; see configs/default.toml") from None
         except tomllib.TOMLDecodeError as exc:
             raise RecallError(f"config file '{path}' is not valid TOML: {exc}") from None
+        except UnicodeDecodeError:
+            raise RecallError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 TOML") from None
+        except OSError as exc:
+            raise RecallError(f"cannot read config file '{path}' ({exc.strerror}); "
+                              "pass a readable TOML file") from None
     raw = apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)

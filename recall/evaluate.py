@@ -134,9 +134,17 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
     outputs = fit_channels(cfg, train, names, step, n=depth)
     rows: list[dict] = []
 
+    # "warm": test users with training history, the only ones history-based channels can serve.
+    warm_targets = targets.join(train.engaged().select(S.USER).unique(), on=S.USER, how="semi")
+    segments = {"all": targets, "warm": warm_targets}
+
     def record(name: str, kind: str, candidates: pl.DataFrame, seconds: float) -> None:
-        for k, values in metrics(candidates, targets, ecfg.ks, n_items).items():
-            rows.append({"name": name, "kind": kind, "k": k, **values, "seconds": round(seconds, 2)})
+        for segment, segment_targets in segments.items():
+            if segment_targets.height == 0:
+                continue
+            for k, values in metrics(candidates, segment_targets, ecfg.ks, n_items).items():
+                rows.append({"name": name, "kind": kind, "segment": segment, "k": k, **values,
+                             "seconds": round(seconds, 2)})
 
     for name, output in outputs.items():
         record(name, "channel", output.candidates, output.seconds)
@@ -150,8 +158,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
             started = time.perf_counter()
             candidates = baseline(train, users, depth)
             record(name, "baseline", candidates, time.perf_counter() - started)
-    cold = pl.DataFrame({S.USER: users}).join(train.engaged().select(S.USER).unique(),
-                                              on=S.USER, how="anti").height
+    cold = users.len() - warm_targets[S.USER].n_unique()
     return {
         "split_ts": split,
         "test_days": ecfg.test_days,

@@ -52,6 +52,11 @@ def find_table(directory: Path, name: str) -> Path | None:
 def load_dataset(directory: str | Path) -> Dataset:
     """Read ``events`` (required), ``items`` and ``users`` (optional) from a folder."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RecallError(
+            f"'{directory}' is a file, not a data folder; pass the folder that holds "
+            "events.parquet or events.csv"
+        )
     if not directory.is_dir():
         raise RecallError(
             f"data folder '{directory}' does not exist; create one with "
@@ -111,7 +116,16 @@ def _require_columns(df: pl.DataFrame, required: tuple[str, ...], path: Path) ->
     )
 
 
+def _reject_all_null(df: pl.DataFrame, column: str, path: Path) -> None:
+    """A column read back with dtype Null holds nothing but nulls: say so, not 'dtype Null'."""
+    if df.schema[column] == pl.Null:
+        raise RecallError(
+            f"column '{column}' in '{path}' has only null values ({df.height} row(s)); fill it"
+        )
+
+
 def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
+    _reject_all_null(df, column, path)
     dtype = df.schema[column]
     if dtype.is_integer():
         if dtype == pl.UInt64 and df[column].max() is not None and df[column].max() > 2**63 - 1:
@@ -124,7 +138,7 @@ def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
     else:
         raise RecallError(
             f"column '{column}' in '{path}' has dtype {dtype}; ids must be integers or strings "
-            f"(cast it, e.g. '{column}'.astype('int64'))"
+            f"(cast the column before writing the file, e.g. df['{column}'].astype('int64') in pandas)"
         )
     nulls = df[column].null_count()
     if nulls:
@@ -135,6 +149,7 @@ def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
 
 
 def _normalise_ts(df: pl.DataFrame, path: Path) -> pl.DataFrame:
+    _reject_all_null(df, S.TS, path)
     dtype = df.schema[S.TS]
     col = pl.col(S.TS)
     if dtype == pl.String:
@@ -143,23 +158,29 @@ def _normalise_ts(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         except pl.exceptions.PolarsError as exc:
             raise RecallError(
                 f"column 'ts' in '{path}' holds strings that are not datetimes "
-                f"(e.g. {df[S.TS].drop_nulls().head(1).to_list()}); use epoch seconds or ISO 8601"
+                f"(e.g. {_unparsed_example(df[S.TS])}); use epoch seconds or ISO 8601"
             ) from exc
         dtype = df.schema[S.TS]
     if isinstance(dtype, pl.Datetime) or dtype == pl.Date:
         df = df.with_columns(col.cast(pl.Datetime("us")).dt.epoch("s").alias(S.TS))
-    elif dtype.is_float():
-        df = df.with_columns(col.floor().cast(pl.Int64))
-    elif dtype.is_integer():
-        df = df.with_columns(col.cast(pl.Int64))
-    else:
+    elif not (dtype.is_float() or dtype.is_integer()):
         raise RecallError(
             f"column 'ts' in '{path}' has dtype {dtype}; use epoch seconds (integer) or a datetime"
         )
-    nulls = df[S.TS].null_count()
+    ts = df[S.TS]
+    nulls = ts.null_count()
     if nulls:
         raise RecallError(f"column 'ts' in '{path}' has {nulls} null value(s); drop or fill those rows")
-    ts_max, ts_min = df[S.TS].max(), df[S.TS].min()
+    if ts.dtype.is_float():
+        not_finite = int((ts.is_nan() | ts.is_infinite()).sum())
+        if not_finite:
+            raise RecallError(
+                f"column 'ts' in '{path}' has {not_finite} NaN or infinite value(s); "
+                "drop or fill those rows"
+            )
+    # Range checks run on the values as read, before the cast to Int64, so that
+    # huge floats or UInt64 values get this message instead of a cast failure.
+    ts_max, ts_min = ts.max(), ts.min()
     if ts_max >= S.MAX_EPOCH_SECONDS:
         raise RecallError(
             f"column 'ts' in '{path}' looks like milliseconds (max {ts_max}); "
@@ -170,7 +191,17 @@ def _normalise_ts(df: pl.DataFrame, path: Path) -> pl.DataFrame:
             f"column 'ts' in '{path}' has negative timestamps (min {ts_min}); "
             "use epoch seconds after 1970"
         )
-    return df
+    return df.with_columns((col.floor() if ts.dtype.is_float() else col).cast(pl.Int64))
+
+
+def _unparsed_example(values: pl.Series) -> list:
+    """The first string that does not parse as a datetime (falls back to the first value)."""
+    try:
+        parsed = values.str.to_datetime(strict=False, time_zone="UTC")
+        bad = values.filter(parsed.is_null() & values.is_not_null())
+    except pl.exceptions.PolarsError:
+        bad = values
+    return (bad if bad.len() else values).drop_nulls().head(1).to_list()
 
 
 def normalise_events(df: pl.DataFrame, path: Path) -> pl.DataFrame:
@@ -186,6 +217,7 @@ def normalise_events(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     df = _normalise_id(df, S.USER, path)
     df = _normalise_id(df, S.ITEM, path)
     df = _normalise_ts(df, path)
+    _reject_all_null(df, S.BEHAVIOR, path)
     behavior = df[S.BEHAVIOR]
     if behavior.dtype not in (pl.String, pl.Categorical) and not isinstance(behavior.dtype, pl.Enum):
         raise RecallError(

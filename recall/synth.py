@@ -73,12 +73,12 @@ IMPRESSION, CLICK, FAV, CART, BUY = (S.BEHAVIOR_CODE[b] for b in S.BEHAVIORS)
 # --- catalogue -------------------------------------------------------------
 ITEMS_PER_CATEGORY = 50
 MIN_CATEGORIES = 5
-ZIPF_EXPONENT = 1.1          # item popularity within a category
+ZIPF_EXPONENT = 1.2          # item popularity within a category
 CLUSTER_SIZE = 8             # "similar items" browsed together
 COLD_FRACTION = 0.02
 ITEMS_PER_ANCHOR = 20        # n_items // 20 anchors
 COMPANION_OTHER_CATEGORY = 0.7
-MEAN_CTR = 0.05
+MEAN_CTR = 0.045
 
 # --- users -----------------------------------------------------------------
 BOT_FRACTION = 0.001
@@ -91,8 +91,8 @@ MAX_SESSION_LEN = 200
 MAX_SESSIONS_PER_DAY = 20
 SEGMENT_SWITCH = 0.02        # per impression: start a new theme segment
 ON_THEME = 0.65              # share of impressions from the segment's theme
-FROM_CLUSTER = 0.5           # share of on-theme impressions from the seed's cluster
-CLICK_BOOST = {"cluster": 2.0, "category": 1.5, "feed": 0.3}
+FROM_CLUSTER = 0.6           # share of on-theme impressions from the seed's cluster
+CLICK_BOOST = {"cluster": 2.5, "category": 1.2, "feed": 0.3}
 BOT_CTR = 0.5
 BOT_SESSION_LEN_MEDIAN = 40
 SESSION_GAP = 3600           # minimum seconds between sessions (covers all follow-ups)
@@ -157,6 +157,7 @@ class _Catalogue:
     warm_items: np.ndarray    # internal ids of non-cold items
     category_pop: np.ndarray  # share of exposure per category
     by_category: _GroupedSampler   # Zipf within a category
+    seed_by_category: _GroupedSampler  # sqrt-Zipf: the item a segment starts from
     by_cluster: _GroupedSampler    # similar items around a seed
     by_popularity: _GroupedSampler  # the "feed": one group, global popularity
     cluster: np.ndarray       # internal item -> cluster id (-1 for cold)
@@ -225,6 +226,8 @@ def _build_catalogue(n_items: int, rng: np.random.Generator) -> _Catalogue:
 
     zipf = np.where(cold, 0.0, 1.0 / (rank + 1.0) ** ZIPF_EXPONENT)
     by_category = _GroupedSampler(category, np.arange(n_items), zipf, n_cat)
+    # What a user comes looking for is less skewed than what gets shown.
+    seed_by_category = _GroupedSampler(category, np.arange(n_items), np.sqrt(zipf), n_cat)
     within_share = zipf / np.bincount(category, zipf, minlength=n_cat)[category]
     global_pop = category_pop[category] * within_share
     by_popularity = _GroupedSampler(np.zeros(n_items, dtype=np.int64), np.arange(n_items),
@@ -281,7 +284,7 @@ def _build_catalogue(n_items: int, rng: np.random.Generator) -> _Catalogue:
         n_items=n_items, n_categories=n_cat, category=category, brand=brand, price=price,
         ctr=ctr, p_fav=p_fav, p_cart=p_cart, p_buy_cart=p_buy_cart, p_buy_fav=p_buy_fav,
         cold=cold, warm_items=warm_items, category_pop=category_pop,
-        by_category=by_category, by_cluster=by_cluster, by_popularity=by_popularity,
+        by_category=by_category, seed_by_category=seed_by_category, by_cluster=by_cluster, by_popularity=by_popularity,
         cluster=cluster, is_anchor=is_anchor, companion_start=companion_start,
         companion_count=companion_count, companions=pairs[:, 1],
         item_id=rng.permutation(n_items).astype(np.int64),
@@ -485,7 +488,7 @@ def synthesize(n_users: int, n_items: int, days: int, seed: int,
     seg_cat = np.where(rng.random(n_seg) < FAVOURITE_SHARE,
                        users.favourites[seg_user, np.minimum(slot, 3)],
                        users.by_group.sample(users.group[seg_user], rng.random(n_seg)))
-    seg_seed = cat.by_category.sample(seg_cat, rng.random(n_seg))
+    seg_seed = cat.seed_by_category.sample(seg_cat, rng.random(n_seg))
     seg_cluster = cat.cluster[seg_seed]
     del seg_user
 

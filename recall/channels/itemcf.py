@@ -40,17 +40,23 @@ from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
 class ItemCFParams(ChannelParams):
     behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
                                  description="behaviours that count as co-engagement")
-    window_days: float | None = Field(None, gt=0, description="only the last N days of training data")
+    window_days: float | None = Field(None, gt=0, description="only the last N days of training data (inf: all)")
     max_user_items: int = Field(1000, ge=2, description="users with more items are dropped as crawlers")
     iuf: bool = Field(True, description="weight users by 1/log(1 + n_u)")
     alpha: float = Field(0.5, ge=0, le=1, description="hot-item normalisation N_i^a N_j^(1-a)")
-    pair_window_hours: float | None = Field(168.0, ge=0, description="max gap between the two interactions")
+    pair_window_hours: float | None = Field(168.0, ge=0, description="max gap between the two interactions (inf: any)")
     bucket_hours: float = Field(24.0, gt=0, description="time resolution of the pair window and decay")
-    decay_half_life_hours: float | None = Field(72.0, gt=0, description="time decay between interactions")
+    decay_half_life_hours: float | None = Field(72.0, gt=0, description="time decay between interactions (inf: none)")
     same_category: bool = Field(False, description="only pairs within one category_id")
     normalize: bool = Field(True, description="divide each row by its maximum")
     top_k: int = Field(100, ge=1, description="neighbours kept per item")
     item_block: int = Field(20_000, ge=1, description="trigger items per block (memory bound)")
+
+    @field_validator("pair_window_hours", "decay_half_life_hours", "window_days")
+    @classmethod
+    def _infinite_is_none(cls, value: float | None) -> float | None:
+        # TOML has no null: `inf` spells "no window" / "no decay".
+        return None if value is not None and math.isinf(value) else value
 
     @field_validator("behaviors")
     @classmethod
