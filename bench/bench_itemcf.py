@@ -69,7 +69,7 @@ def measure(contender: str, data_dir: Path) -> dict:
         pairs = model.similarity.nnz
     else:
         params = (ItemCFParams(iuf=False, pair_window_hours=None, decay_half_life_hours=None,
-                               normalize=False, top_k=100)
+                               alpha=0.5, normalize=False, top_k=100)
                   if contender == "itemcf_cosine" else ItemCFParams(top_k=100))
         pairs = ItemCF(params).item_similarity(train).nnz
     seconds = time.perf_counter() - started

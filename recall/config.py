@@ -28,6 +28,14 @@ class OutputConfig(Strict):
     run_date: str = Field("", description="YYYY-MM-DD; empty means the day after the last event")
     keep_runs: int = Field(7, ge=1)
 
+    @field_validator("run_date", mode="before")
+    @classmethod
+    def _toml_date(cls, value: Any) -> Any:
+        """An unquoted TOML date (``run_date = 2024-01-02`` or ``--set output.run_date=2024-01-02``)."""
+        if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            return value.isoformat()
+        return value
+
     @field_validator("run_date")
     @classmethod
     def _date(cls, value: str) -> str:

@@ -73,6 +73,7 @@ def as_dict(frame: pl.DataFrame) -> dict:
 
 PARAM_CASES = [
     dict(),
+    dict(alpha=0.5),
     dict(iuf=False, pair_window_hours=None, decay_half_life_hours=None, normalize=False),
     dict(alpha=0.8, top_k=3, bucket_hours=6, pair_window_hours=48, decay_half_life_hours=12),
     dict(window_days=4, max_user_items=12, top_k=5, item_block=4),
@@ -105,7 +106,7 @@ def test_itemcf_cosine_equals_implicit_cosine():
     train = TrainData.build(Dataset(events))
     k = 10
     params = ItemCFParams(iuf=False, pair_window_hours=None, decay_half_life_hours=None,
-                          normalize=False, top_k=k)
+                          alpha=0.5, normalize=False, top_k=k)
     ours = ItemCF(params).fit(train).similarity_
     peer = CosineRecommender(K=k + 1)  # implicit keeps the item itself among its K neighbours
     peer.fit(train.interactions.astype(np.float64), show_progress=False)

@@ -43,7 +43,7 @@ class ItemCFParams(ChannelParams):
     window_days: float | None = Field(None, gt=0, description="only the last N days of training data (inf: all)")
     max_user_items: int = Field(1000, ge=2, description="users with more items are dropped as crawlers")
     iuf: bool = Field(True, description="weight users by 1/log(1 + n_u)")
-    alpha: float = Field(0.5, ge=0, le=1, description="hot-item normalisation N_i^a N_j^(1-a)")
+    alpha: float = Field(0.8, ge=0, le=1, description="hot-item normalisation N_i^a N_j^(1-a); 0.5 is cosine")
     pair_window_hours: float | None = Field(168.0, ge=0, description="max gap between the two interactions (inf: any)")
     bucket_hours: float = Field(24.0, gt=0, description="time resolution of the pair window and decay")
     decay_half_life_hours: float | None = Field(72.0, gt=0, description="time decay between interactions (inf: none)")
