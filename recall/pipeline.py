@@ -8,7 +8,7 @@ import hashlib
 import platform
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class ChannelOutput:
     candidates: pl.DataFrame
     i2i: pl.DataFrame | None
     seconds: float
+    extra: dict[str, pl.DataFrame] = field(default_factory=dict)
 
 
 def load_data(cfg: Config) -> Dataset:
@@ -59,7 +60,8 @@ def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutp
     channel.fit(train)
     candidates = channel.recommend(train, n)
     i2i = channel.similar_items(train)
-    return ChannelOutput(name, candidates, i2i, time.perf_counter() - started)
+    extra = channel.extra_tables(train)
+    return ChannelOutput(name, candidates, i2i, time.perf_counter() - started, extra)
 
 
 def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
@@ -98,6 +100,8 @@ def _record_channel(pub, output: ChannelOutput) -> None:
     pub.write_table(f"channels/{output.name}.parquet", output.candidates)
     if output.i2i is not None:
         pub.write_table(f"i2i/{output.name}.parquet", output.i2i)
+    for relative, table in output.extra.items():
+        pub.write_table(relative, table)
     pub.manifest.setdefault("timings_seconds", {})[f"channel.{output.name}"] = round(output.seconds, 3)
 
 

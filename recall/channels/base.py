@@ -59,6 +59,10 @@ class Channel(ABC):
         """The item-to-item table ``item_id, neighbor_id, score, rank``, for channels that have one."""
         return None
 
+    def extra_tables(self, data: TrainData) -> dict[str, pl.DataFrame]:
+        """Further tables to publish, keyed by path inside the run (e.g. ``hot/<crowd>.parquet``)."""
+        return {}
+
 
 class I2IChannel(Channel):
     """A channel defined by an item-to-item similarity matrix, recalled through trigger expansion."""
