@@ -12,29 +12,47 @@ def row_indices(m: sp.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
 
 
-def top_k_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None) -> sp.csr_matrix:
     """Keep the ``k`` largest positive entries of each row; ties go to the smaller column.
 
-    Entries come back sorted within each row by score, best first, so the
-    position of an entry inside its row is its rank.
+    Linear time: each long row's k-th largest value comes from ``np.partition`` on
+    rows padded into dense buckets of similar length (a loop over ~log2(max row
+    length) buckets, never over rows); then entries above it are kept, and entries
+    equal to it in column order until the row has ``k``. Entries come back in
+    column order; :func:`csr_to_frame` ranks them. ``exclude(rows, cols)``, if
+    given, returns a mask of entries to drop before selecting (e.g. the diagonal).
     """
     m = sp.csr_matrix(m)
-    m.sum_duplicates()
-    m.eliminate_zeros()
+    m.sum_duplicates()  # canonical: sorted columns, which the tie-break relies on
     rows = row_indices(m)
-    keep_positive = m.data > 0
-    rows, cols, vals = rows[keep_positive], m.indices[keep_positive], m.data[keep_positive]
-    order = np.lexsort((cols, -vals, rows))
-    rows, cols, vals = rows[order], cols[order], vals[order]
-    counts = np.bincount(rows, minlength=m.shape[0])
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    position = np.arange(rows.size) - starts[rows]
-    keep = position < k
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))))
-    out = sp.csr_matrix((vals, cols, indptr), shape=m.shape)
-    out.has_sorted_indices = False  # sorted by score, not by column: keep scipy from assuming otherwise
-    return out
+    values = m.data.astype(np.float64, copy=True)
+    drop = values <= 0
+    if exclude is not None:
+        drop |= exclude(rows, m.indices)
+    values[drop] = -np.inf  # never kept: the threshold is -inf at the lowest
+    counts = np.diff(m.indptr)
+    threshold = np.full(m.shape[0], -np.inf)
+    long_rows = np.flatnonzero(counts > k)
+    if long_rows.size:
+        widths = 1 << np.ceil(np.log2(counts[long_rows])).astype(np.int64)
+        for width in np.unique(widths):
+            bucket = long_rows[widths == width]
+            lengths = counts[bucket]
+            dense = np.full((bucket.size, width), -np.inf)
+            local = np.repeat(np.arange(bucket.size), lengths)
+            within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            dense[local, within] = values[np.repeat(m.indptr[bucket], lengths) + within]
+            threshold[bucket] = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
+    cut = threshold[rows]
+    keep = values > cut
+    tied = np.flatnonzero((values == cut) & (cut > -np.inf))
+    if tied.size:
+        room = k - np.bincount(rows[keep], minlength=m.shape[0])
+        tied_rows = rows[tied]  # ascending, and columns ascend within a row
+        tied_rank = np.arange(tied.size) - np.searchsorted(tied_rows, tied_rows)
+        keep[tied[tied_rank < room[tied_rows]]] = True
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows[keep], minlength=m.shape[0]))))
+    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
 
 
 def csr_to_frame(m: sp.csr_matrix, row_ids: pl.Series, col_ids: pl.Series,

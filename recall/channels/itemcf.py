@@ -34,7 +34,7 @@ from pydantic import Field, field_validator
 from recall import schema as S
 from recall.channels.base import ChannelParams, I2IChannel
 from recall.context import IIDX, UIDX, TrainData
-from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
+from recall.sparse import blocks, row_normalise_max, top_k_per_row
 
 
 class ItemCFParams(ChannelParams):
@@ -82,8 +82,8 @@ def engagement_rows(data: TrainData, p: ItemCFParams) -> pl.DataFrame:
 def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     """Run the weighted co-occurrence kernel block by block.
 
-    ``finish(start, block, counts)`` turns the raw block ``C[start:start+len]``
-    into the block to keep (normalised, masked, truncated); its results are stacked.
+    ``finish(start, block)`` turns the block ``sim[start:start+len]`` into the
+    block to keep (masked, truncated); its results are stacked.
     """
     pairs = engagement_rows(data, p)
     n_items = data.n_items
@@ -102,12 +102,23 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     pairs = pairs.join(rows.select(UIDX, "bucket", "row"), on=[UIDX, "bucket"])
     n_rows = rows.height
 
-    y = sp.csr_matrix((np.ones(pairs.height), (pairs["row"].to_numpy(), pairs[IIDX].to_numpy())),
-                      shape=(n_rows, n_items))
+    # Every weighting is folded into the two factors, so one product gives the
+    # normalised score: sim = (D_trigger Y^T W_user)(Y D_recalled).
+    counts = np.bincount(pairs[IIDX].to_numpy(), minlength=n_items).astype(np.float64)
+    engaged = counts > 0
+    trigger_scale = np.zeros(n_items)
+    recalled_scale = np.zeros(n_items)
+    trigger_scale[engaged] = counts[engaged] ** -p.alpha
+    recalled_scale[engaged] = counts[engaged] ** -(1.0 - p.alpha)
+    rows_of_pairs = pairs["row"].to_numpy()
+    items_of_pairs = pairs[IIDX].to_numpy()
     user_weight = (1.0 / np.log1p(rows["n_u"].to_numpy().astype(np.float64)) if p.iuf
                    else np.ones(n_rows))
-    weighted_t = sp.csr_matrix((sp.diags(user_weight) @ y).T)  # items x rows, IUF folded in
-    counts = np.bincount(pairs[IIDX].to_numpy(), minlength=n_items).astype(np.float64)
+    y = sp.csr_matrix((recalled_scale[items_of_pairs], (rows_of_pairs, items_of_pairs)),
+                      shape=(n_rows, n_items))
+    weighted_t = sp.csr_matrix(  # items x rows
+        (user_weight[rows_of_pairs] * trigger_scale[items_of_pairs], (items_of_pairs, rows_of_pairs)),
+        shape=(n_items, n_rows))
 
     def decay(gap: int) -> float:
         if p.decay_half_life_hours is None:
@@ -130,27 +141,25 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     kept = []
     for start, stop in blocks(n_items, p.item_block):
         left = weighted_t[start:stop]
-        block = decay(0) * (left @ y)
+        block = left @ y  # decay(0) == 1
         for weight, forward, backward in shifted:
             block = block + weight * (left @ forward + left @ backward)
-        kept.append(finish(start, sp.csr_matrix(block), counts))
+        kept.append(finish(start, sp.csr_matrix(block)))
     return sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_items, n_items))
 
 
-def normalise_block(p: ItemCFParams, categories: np.ndarray | None):
-    """The itemCF ``finish`` step: hot-item normalisation, diagonal and category masks, top-K."""
+def truncate_block(p: ItemCFParams, categories: np.ndarray | None):
+    """The itemCF ``finish`` step: drop the diagonal (and cross-category pairs), keep the top K."""
 
-    def finish(start: int, block: sp.csr_matrix, counts: np.ndarray) -> sp.csr_matrix:
-        block.sum_duplicates()
-        rows = row_indices(block) + start
-        cols = block.indices
-        keep = rows != cols
-        if categories is not None:
-            keep &= (categories[rows] == categories[cols]) & (categories[rows] >= 0)
-        denom = counts[rows] ** p.alpha * counts[cols] ** (1.0 - p.alpha)
-        data = np.where(keep, block.data / np.where(denom > 0, denom, 1.0), 0.0)
-        block = sp.csr_matrix((data, cols, block.indptr), shape=block.shape)
-        return top_k_per_row(block, p.top_k)
+    def finish(start: int, block: sp.csr_matrix) -> sp.csr_matrix:
+        def exclude(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            rows = rows + start
+            drop = rows == cols
+            if categories is not None:
+                drop |= (categories[rows] != categories[cols]) | (categories[rows] < 0)
+            return drop
+
+        return top_k_per_row(block, p.top_k, exclude=exclude)
 
     return finish
 
@@ -179,5 +188,5 @@ class ItemCF(I2IChannel):
 
                 raise RecallError("channels.itemcf.same_category needs an items table with a "
                                   "'category_id' column; add one or set same_category = false")
-        similarity = cooccurrence(data, p, normalise_block(p, categories))
+        similarity = cooccurrence(data, p, truncate_block(p, categories))
         return row_normalise_max(similarity) if p.normalize else similarity
