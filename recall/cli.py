@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recall.errors import RecallError
@@ -39,7 +40,7 @@ def command(group: typer.Typer, name: str | None = None):
             try:
                 return function(*args, **kwargs)
             except RecallError as exc:
-                err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+                err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(1) from None
 
         return group.command(name)(wrapper)

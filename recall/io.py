@@ -88,9 +88,10 @@ def read_table(path: Path) -> pl.DataFrame:
     if path.suffix not in TABLE_SUFFIXES:
         raise RecallError(f"'{path}': unsupported file type '{path.suffix}'; use .parquet or .csv")
     try:
+        # glob=False: a path is a file name, not a pattern ('data[1]/events.csv' must work).
         if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        return pl.read_csv(path, infer_schema_length=10_000)
+            return pl.read_parquet(path, glob=False)
+        return pl.read_csv(path, infer_schema_length=10_000, glob=False)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecallError(
