@@ -17,9 +17,11 @@ For items i and j, summed over users u who engaged with both:
 Users with more than ``max_user_items`` items are treated as crawlers and left out.
 
 The kernel is sparse matrix products only. Rows of the matrix ``Y`` are
-(user, time bucket) pairs; the pairs at a bucket gap ``d`` come from ``Y^T P_d Y``
-where ``P_d`` maps each (u, b) row to the (u, b + d) row. Trigger items are
-processed in blocks so memory holds one block of the untruncated table at a time.
+(user, time bucket) pairs; a rows x rows time kernel ``Q`` holds ``f(gap)`` between
+buckets of the same user within the window, so ``Y^T W Q Y`` sums every pair with
+its decay in one product (IUF in ``W``, the hot-item normalisation folded into the
+two factors). Trigger items are processed in blocks so memory holds one block of
+the untruncated table at a time.
 """
 
 from __future__ import annotations
@@ -125,26 +127,24 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
             return 1.0
         return 0.5 ** (gap * p.bucket_hours / p.decay_half_life_hours)
 
-    # For each gap d >= 1: rows of Y moved to the row d buckets earlier (forward pairs)
-    # and d buckets later (backward pairs) of the same user.
-    shifted = []
+    # The time kernel between a user's buckets: Q[r, r'] = f(gap) for rows r, r' of the
+    # same user at most W buckets apart (Q = I without a window). Then
+    # sim = (D Y^T W) (Q Y D): every gap's pairs come out of one product.
+    sources, targets, weights = [np.arange(n_rows)], [np.arange(n_rows)], [np.ones(n_rows)]
     for gap in range(1, max_gap + 1):
-        target = rows.select(UIDX, (pl.col("bucket") + gap).alias("bucket"), pl.col("row").alias("src"))
-        matched = target.join(rows.select(UIDX, "bucket", "row"), on=[UIDX, "bucket"])
-        if matched.height == 0:
-            continue
-        shift = sp.csr_matrix((np.ones(matched.height),
-                               (matched["src"].to_numpy(), matched["row"].to_numpy())),
-                              shape=(n_rows, n_rows))
-        shifted.append((decay(gap), (shift @ y).tocsr(), (shift.T @ y).tocsr()))
+        later = rows.select(UIDX, (pl.col("bucket") - gap).alias("bucket"), pl.col("row").alias("later"))
+        matched = later.join(rows.select(UIDX, "bucket", "row"), on=[UIDX, "bucket"])
+        earlier_rows, later_rows = matched["row"].to_numpy(), matched["later"].to_numpy()
+        sources += [earlier_rows, later_rows]
+        targets += [later_rows, earlier_rows]
+        weights += [np.full(matched.height, decay(gap))] * 2
+    kernel = sp.csr_matrix((np.concatenate(weights), (np.concatenate(sources), np.concatenate(targets))),
+                           shape=(n_rows, n_rows))
+    neighbourhood = (kernel @ y).tocsr() if max_gap else y
 
     kept = []
     for start, stop in blocks(n_items, p.item_block):
-        left = weighted_t[start:stop]
-        block = left @ y  # decay(0) == 1
-        for weight, forward, backward in shifted:
-            block = block + weight * (left @ forward + left @ backward)
-        kept.append(finish(start, sp.csr_matrix(block)))
+        kept.append(finish(start, sp.csr_matrix(weighted_t[start:stop] @ neighbourhood)))
     return sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_items, n_items))
 
 
