@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from recall import schema as S
 from recall.errors import RecallError
+from recall.filters import FiltersConfig
 
 
 class Strict(BaseModel):
@@ -90,6 +91,7 @@ class Config(Strict):
     triggers: TriggerConfig = TriggerConfig()
     channels: dict[str, Any] = Field(default_factory=dict)
     merge: MergeConfig = MergeConfig()
+    filters: FiltersConfig = FiltersConfig()
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")

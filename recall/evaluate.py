@@ -131,7 +131,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
     n_items = train.engaged()[S.ITEM].n_unique()
     depth = max(max(ecfg.ks), cfg.candidates_per_user)
     names = cfg.enabled_channels()
-    outputs = fit_channels(cfg, train, names, step, n=depth)
+    outputs = fit_channels(cfg, train, names, step, n=depth + cfg.filters.reserve)
     rows: list[dict] = []
 
     # "warm": test users with training history, the only ones history-based channels can serve.
@@ -149,10 +149,12 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
     for name, output in outputs.items():
         record(name, "channel", output.candidates, output.seconds)
     if names:
-        with step("merge"):
+        with step("merge and filter"):
             started = time.perf_counter()
-            merged = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()})
-            record("merged", "merged", merged, time.perf_counter() - started)
+            merged, unfiltered, _ = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()}, train)
+            seconds = time.perf_counter() - started
+            record("merged", "merged", merged, seconds)
+            record("merged_unfiltered", "merged", unfiltered, seconds)
     for name, baseline in (("popularity", popularity), ("implicit_bm25", implicit_bm25)):
         with step(f"baseline {name}"):
             started = time.perf_counter()

@@ -20,6 +20,7 @@ from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset, check_id_types, load_dataset
+from recall.filters import apply_filters
 from recall.merge import merge_channels
 from recall.publish import publish, resolve_run
 
@@ -66,18 +67,28 @@ def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutp
 
 def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
                  n: int | None = None) -> dict[str, ChannelOutput]:
+    """Fit channels; each lists the budget plus the filters' reserve unless ``n`` is given."""
     outputs = {}
     for name in names:
         with step(f"channel {name}"):
-            outputs[name] = fit_channel(name, cfg, train, n or cfg.candidates_per_user)
+            outputs[name] = fit_channel(name, cfg, train, n or cfg.candidates_per_user + cfg.filters.reserve)
     return outputs
 
 
-def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame]) -> pl.DataFrame:
+def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData
+                  ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """Merge under quotas with a reserve, then apply the mechanism filters down to the budget.
+
+    Returns the filtered candidates, the unfiltered merge (budget only) and how many
+    candidates each filter removed.
+    """
     quotas = cfg.quotas()
     strict = {name for name in candidates if cfg.channels[name].strict}
-    return merge_channels(candidates, {n: quotas[n] for n in candidates}, cfg.candidates_per_user,
-                          strict=strict, backfill=cfg.merge.backfill)
+    budget = cfg.candidates_per_user
+    merged = merge_channels(candidates, {n: quotas[n] for n in candidates}, budget + cfg.filters.reserve,
+                            strict=strict, backfill=cfg.merge.backfill)
+    filtered, removed = apply_filters(merged, train, cfg.filters, budget)
+    return filtered, merged.filter(pl.col(S.RANK) <= budget), removed
 
 
 def fingerprint(path: Path) -> dict:
@@ -127,15 +138,16 @@ def run(cfg: Config, step: Step = no_progress) -> dict:
         train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
     run_date = cfg.output.run_date or default_run_date(data)
     outputs = fit_channels(cfg, train, names, step)
-    with step("merge"):
+    with step("merge and filter"):
         started = time.perf_counter()
-        merged = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()})
+        merged, _, removed = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()}, train)
         merge_seconds = time.perf_counter() - started
     with step("publish"), publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs) as pub:
         for output in outputs.values():
             _record_channel(pub, output)
         pub.write_table("candidates.parquet", merged)
-        pub.manifest.setdefault("timings_seconds", {})["merge"] = round(merge_seconds, 3)
+        pub.manifest.setdefault("timings_seconds", {})["merge_and_filter"] = round(merge_seconds, 3)
+        pub.manifest["filters_removed"] = removed
         _stamp_manifest(pub, cfg, data)
     return summary(cfg, pub, outputs, merged)
 
@@ -162,13 +174,17 @@ def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_pr
     if not names:
         raise RecallError(f"no channel tables of enabled channels in '{run_dir}/channels'; "
                           "run 'recall build CHANNEL' first")
-    with step("merge"):
+    with step("load data"):
+        data = load_data(cfg)  # the purchase filter needs the event history
+        train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
+    with step("merge and filter"):
         candidates = {n: pl.read_parquet(run_dir / "channels" / f"{n}.parquet") for n in names}
-        merged = merge_outputs(cfg, candidates)
+        merged, _, removed = merge_outputs(cfg, candidates, train)
     with step("publish"), publish(cfg.output.root, run_dir.resolve().name.split(".")[0], incremental=True,
                                   keep_runs=cfg.output.keep_runs) as pub:
         pub.write_table("candidates.parquet", merged)
-        _stamp_manifest(pub, cfg, None)
+        pub.manifest["filters_removed"] = removed
+        _stamp_manifest(pub, cfg, data)
     return summary(cfg, pub, {}, merged)
 
 

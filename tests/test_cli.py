@@ -59,7 +59,7 @@ def test_run_show_similar_build_merge(tmp_path, data_dir):
 
     user = candidates["user_id"][0]
     shown = invoke("show", user, "--out", out)
-    assert "itemcf" in shown.output
+    assert candidates.filter(pl.col("user_id") == user)["source"][0] in shown.output
     item = pl.read_parquet(run / "i2i" / "itemcf.parquet")["item_id"][0]
     invoke("similar", item, "--channel", "itemcf", "--out", out)
 

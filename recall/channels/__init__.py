@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from recall.channels.base import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.itemcf import ItemCF
+from recall.channels.retarget import Retarget
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
+    Retarget.name: Retarget,
 }
 
 

@@ -1,0 +1,381 @@
+"""Mechanism filters applied to the merged candidates: purchase, blacklist, diversity, then the budget.
+
+The input is the merge's table ``user_id, item_id, score, rank, source, channels``
+with more rows per user than the budget (a reserve). The filters run in this order,
+each on what the previous one left:
+
+1. **Personalised purchase filter.** With ``t_c`` the user's last purchase in
+   category ``c`` (at or before ``now``), candidates of ``c`` are blocked while
+
+       now < t_c + period(c)   and   clicks_c(t_c, now] < unblock_clicks
+
+   where ``clicks_c`` counts the user's ``unblock_behaviors`` events on items of ``c``
+   strictly after ``t_c`` (he keeps clicking: still interested, the block is lifted;
+   ``unblock_clicks = 0`` never lifts it). ``period(c)`` is ``periods_days[c]`` if given,
+   else, with ``estimate``, the median repurchase interval of ``c``: per user, the gaps
+   between consecutive buys in ``c`` of at least ``same_occasion_hours`` (shorter gaps
+   are one basket, not a repurchase), pooled over users, median clipped to
+   ``[min_period_days, max_period_days]``, used when ``c`` has ``min_intervals`` gaps or
+   more; else ``default_period_days``. Items without a category (no ``category_id``
+   column, or a null) are their own "category": only the bought item is blocked.
+2. **Blacklist.** Rows of a CSV/Parquet file name an ``item_id`` and/or a
+   ``category_id``; candidates matching either are dropped.
+3. **Diversity cap (scattering).** Walking a user's list best rank first, a candidate
+   is kept when fewer than ``max_per_category`` kept candidates precede it in its
+   category and fewer than ``max_per_brand`` in its brand (0: no cap; unknown
+   category/brand: uncapped). Candidates further down the reserve move up into the
+   freed places.
+
+Then each user keeps the ``budget`` best-ranked survivors, re-ranked 1..n. The
+greedy walk of step 3 is computed without a loop over users: every round recounts,
+for all rows at once, the kept predecessors in each row's category and brand
+(window cumulative sums) and re-decides. A row's decision depends only on rows above
+it, so after round k the first k rows of every list are final: the rounds stop at a
+fixed point, after at most (longest list + 1) rounds and in practice a handful.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from recall import schema as S
+from recall.errors import RecallError
+
+if TYPE_CHECKING:  # recall.context imports recall.config, which will import this module
+    from recall.context import TrainData
+
+log = logging.getLogger("recall")
+
+DAY = 86400
+FILTERS = ("purchase", "blacklist", "diversity")
+KEY = "_block_key"  # what a purchase blocks: "c<category>" or, without a category, "i<item>"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PurchaseFilterConfig(_Section):
+    """Personalised purchase filtering: a bought category is blocked for a per-category period."""
+
+    enabled: bool = True
+    default_period_days: float = Field(30.0, ge=0, description="blocking period of a category without its own")
+    periods_days: dict[str, float] = Field(
+        default_factory=dict, description="blocking period per category_id (keys are category ids as text)")
+    estimate: bool = Field(False, description="estimate each category's period from repurchase intervals")
+    min_period_days: float = Field(1.0, ge=0, description="lower clip of an estimated period")
+    max_period_days: float = Field(180.0, ge=0, description="upper clip of an estimated period")
+    min_intervals: int = Field(5, ge=1, description="repurchase intervals a category needs for an estimate")
+    same_occasion_hours: float = Field(
+        24.0, ge=0, description="buys in one category closer than this are one basket, not a repurchase")
+    unblock_clicks: int = Field(3, ge=0, description="clicks in the category after the purchase that lift "
+                                                     "the block (0: never lifted)")
+    unblock_behaviors: list[str] = Field(default_factory=lambda: ["click"],
+                                         description="behaviours that count as clicks for unblocking")
+
+    @field_validator("periods_days")
+    @classmethod
+    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = sorted(k for k, v in value.items() if v < 0)
+        if bad:
+            raise ValueError(f"periods must be >= 0 days (category {', '.join(bad)})")
+        return value
+
+    @field_validator("unblock_behaviors")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(S.BEHAVIORS))
+        if unknown or not value:
+            raise ValueError(f"unblock_behaviors must be a non-empty subset of {', '.join(S.BEHAVIORS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _clip_order(self):
+        if self.min_period_days > self.max_period_days:
+            raise ValueError("min_period_days must not exceed max_period_days")
+        return self
+
+
+class BlacklistConfig(_Section):
+    """Items and categories never to recommend, listed in a file."""
+
+    enabled: bool = False
+    path: Path | None = Field(None, description="CSV or Parquet with an item_id and/or a category_id column")
+
+    @model_validator(mode="after")
+    def _path_when_enabled(self):
+        if self.enabled and self.path is None:
+            raise ValueError("filters.blacklist.path is required when the blacklist is enabled "
+                             "(a CSV or Parquet file with item_id and/or category_id)")
+        return self
+
+
+class DiversityConfig(_Section):
+    """Scattering: cap the candidates per category and per brand in a user's list."""
+
+    enabled: bool = True
+    max_per_category: int = Field(0, ge=0, description="most candidates of one category per user (0: no cap)")
+    max_per_brand: int = Field(0, ge=0, description="most candidates of one brand per user (0: no cap)")
+
+
+class FiltersConfig(_Section):
+    """The mechanism filters run on the merged candidates (see :func:`apply_filters`)."""
+
+    reserve: int = Field(100, ge=0, description="extra merged candidates per user beyond the budget, "
+                                                "kept so filtered ones can be replaced")
+    purchase: PurchaseFilterConfig = PurchaseFilterConfig()
+    blacklist: BlacklistConfig = BlacklistConfig()
+    diversity: DiversityConfig = DiversityConfig()
+
+
+# --------------------------------------------------------------------------- side information
+
+def _side_column(data: TrainData, column: str) -> pl.DataFrame | None:
+    """``item_id, <column>`` with the column as text (ids of any type compare alike), or None."""
+    if data.items is None or column not in data.items.columns:
+        return None
+    return data.items.select(S.ITEM, pl.col(column).cast(pl.String))
+
+
+def _with_key(frame: pl.DataFrame, categories: pl.DataFrame | None) -> pl.DataFrame:
+    """Add the purchase-block key: the category, or the item itself where the category is unknown."""
+    item_key = pl.concat_str(pl.lit("i"), pl.col(S.ITEM).cast(pl.String))
+    if categories is None:
+        return frame.with_columns(item_key.alias(KEY), pl.lit(None, dtype=pl.String).alias(S.CATEGORY))
+    frame = frame.join(categories, on=S.ITEM, how="left", maintain_order="left")
+    return frame.with_columns(
+        pl.when(pl.col(S.CATEGORY).is_not_null())
+        .then(pl.concat_str(pl.lit("c"), pl.col(S.CATEGORY)))
+        .otherwise(item_key).alias(KEY))
+
+
+# --------------------------------------------------------------------------- purchase filter
+
+def estimated_periods(data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
+    """Per category of the bought items: ``category_id`` (text), ``intervals``, ``median_days``, ``period_days``.
+
+    ``period_days`` is the clipped median repurchase interval when the category has
+    at least ``min_intervals`` intervals, else ``default_period_days``.
+    """
+    categories = _side_column(data, S.CATEGORY)
+    schema = {S.CATEGORY: pl.String, "intervals": pl.UInt32, "median_days": pl.Float64, "period_days": pl.Float64}
+    if categories is None:
+        return pl.DataFrame(schema=schema)
+    buys = (data.events.filter((pl.col(S.BEHAVIOR) == "buy") & (pl.col(S.TS) <= data.now))
+            .select(S.USER, S.ITEM, S.TS)
+            .join(categories, on=S.ITEM)
+            .filter(pl.col(S.CATEGORY).is_not_null())
+            .sort(S.USER, S.CATEGORY, S.TS))
+    gaps = (buys.with_columns(gap=pl.col(S.TS).diff().over(S.USER, S.CATEGORY))
+            .filter(pl.col("gap") >= cfg.same_occasion_hours * 3600))
+    stats = (buys.select(S.CATEGORY).unique()
+             .join(gaps.group_by(S.CATEGORY).agg(intervals=pl.len(),
+                                                 median_days=pl.col("gap").median() / DAY),
+                   on=S.CATEGORY, how="left")
+             .with_columns(pl.col("intervals").fill_null(0).cast(pl.UInt32)))
+    enough = pl.col("intervals") >= cfg.min_intervals
+    return (stats
+            .with_columns(pl.when(enough)
+                          .then(pl.col("median_days").clip(cfg.min_period_days, cfg.max_period_days))
+                          .otherwise(pl.lit(cfg.default_period_days)).alias("period_days"))
+            .select(list(schema))
+            .sort(S.CATEGORY))
+
+
+def purchase_blocks(data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
+    """The (user, key) pairs blocked at ``data.now``: ``user_id, _block_key, last_buy, until, clicks``."""
+    categories = _side_column(data, S.CATEGORY)
+    if categories is None:
+        log.warning("purchase filter: the items table has no 'category_id' column, so only the bought items "
+                    "themselves are blocked; add category_id to items to block whole categories")
+    events = _with_key(data.events.filter(pl.col(S.TS) <= data.now).select(S.USER, S.ITEM, S.BEHAVIOR, S.TS),
+                       categories)
+    last_buy = (events.filter(pl.col(S.BEHAVIOR) == "buy")
+                .group_by(S.USER, KEY).agg(pl.col(S.CATEGORY).first(), pl.col(S.TS).max().alias("last_buy")))
+
+    periods = pl.DataFrame(schema={S.CATEGORY: pl.String, "period_days": pl.Float64})
+    if cfg.estimate:
+        periods = estimated_periods(data, cfg).select(S.CATEGORY, "period_days")
+    if cfg.periods_days:  # explicit periods override estimates
+        explicit = pl.DataFrame({S.CATEGORY: list(cfg.periods_days), "period_days": list(cfg.periods_days.values())},
+                                schema=periods.schema)
+        periods = pl.concat([explicit, periods.join(explicit, on=S.CATEGORY, how="anti")])
+    blocks = (last_buy.join(periods, on=S.CATEGORY, how="left")
+              .with_columns(until=pl.col("last_buy") + pl.col("period_days").fill_null(cfg.default_period_days) * DAY)
+              .filter(pl.col("until") > data.now))
+    clicks = (events.filter(pl.col(S.BEHAVIOR).is_in(cfg.unblock_behaviors))
+              .join(blocks.select(S.USER, KEY, "last_buy"), on=[S.USER, KEY])
+              .filter(pl.col(S.TS) > pl.col("last_buy"))
+              .group_by(S.USER, KEY).agg(clicks=pl.len()))
+    blocks = (blocks.join(clicks, on=[S.USER, KEY], how="left")
+              .with_columns(pl.col("clicks").fill_null(0)))
+    if cfg.unblock_clicks > 0:
+        blocks = blocks.filter(pl.col("clicks") < cfg.unblock_clicks)
+    return blocks.select(S.USER, KEY, "last_buy", "until", "clicks").sort(S.USER, KEY)
+
+
+def _purchase_filter(frame: pl.DataFrame, data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
+    blocked = purchase_blocks(data, cfg).select(
+        pl.col(S.USER).cast(frame.schema[S.USER]), KEY, _hit=pl.lit(True))
+    keyed = _with_key(frame.select(S.USER, S.ITEM), _side_column(data, S.CATEGORY))
+    # Each (user, key) is blocked at most once, so the left join keeps one row per candidate, in order.
+    hit = keyed.join(blocked, on=[S.USER, KEY], how="left", maintain_order="left")["_hit"]
+    return frame.filter(hit.is_null())
+
+
+# --------------------------------------------------------------------------- blacklist
+
+def read_blacklist(path: Path, item_dtype: pl.DataType) -> tuple[pl.Series, pl.Series]:
+    """The blacklisted item ids (cast to ``item_dtype``) and category ids (as text) of a file."""
+    from recall.io import read_table
+
+    path = Path(path)
+    if not path.exists():
+        raise RecallError(f"blacklist file '{path}' (filters.blacklist.path) does not exist; "
+                          "create it or set filters.blacklist.enabled = false")
+    table = read_table(path)
+    columns = [c for c in (S.ITEM, S.CATEGORY) if c in table.columns]
+    if not columns:
+        raise RecallError(f"blacklist file '{path}' has neither an 'item_id' nor a 'category_id' column "
+                          f"(found: {', '.join(table.columns) or 'none'}); name the column(s) so")
+    items = pl.Series(S.ITEM, [], dtype=item_dtype)
+    categories = pl.Series(S.CATEGORY, [], dtype=pl.String)
+    if S.ITEM in table.columns:
+        try:
+            items = table[S.ITEM].drop_nulls().cast(item_dtype, strict=True).unique()
+        except pl.exceptions.PolarsError:
+            raise RecallError(f"column 'item_id' in blacklist file '{path}' has values that are not "
+                              f"{item_dtype} item ids like the events'; fix those rows") from None
+    if S.CATEGORY in table.columns:
+        try:
+            categories = table[S.CATEGORY].drop_nulls().cast(pl.String).unique()
+        except pl.exceptions.PolarsError:
+            raise RecallError(f"column 'category_id' in blacklist file '{path}' has dtype "
+                              f"{table.schema[S.CATEGORY]}; use integers or strings") from None
+    return items, categories
+
+
+def _blacklist_filter(frame: pl.DataFrame, data: TrainData, cfg: BlacklistConfig) -> pl.DataFrame:
+    items, categories = read_blacklist(cfg.path, frame.schema[S.ITEM])
+    drop = pl.col(S.ITEM).is_in(items.implode())
+    if categories.len():
+        side = _side_column(data, S.CATEGORY)
+        if side is None:
+            raise RecallError(f"blacklist file '{cfg.path}' lists categories but the items table has no "
+                              "'category_id' column, so they cannot be matched; add category_id to the "
+                              "items table or list the items by item_id")
+        in_category = (frame.select(S.ITEM).join(side, on=S.ITEM, how="left", maintain_order="left")
+                       [S.CATEGORY].is_in(categories.implode()).fill_null(False))
+        return frame.filter(~(drop.fill_null(False) | in_category))
+    return frame.filter(~drop.fill_null(False))
+
+
+# --------------------------------------------------------------------------- diversity
+
+def _group_walk(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows in list order with group ids: the stable order by group, and each sorted row's group start."""
+    order = np.argsort(groups, kind="stable")  # stable: list order within each group
+    sorted_groups = groups[order]
+    starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]] if groups.size else np.zeros(0, bool)
+    first = np.maximum.accumulate(np.where(starts, np.arange(groups.size), 0))
+    return order, first
+
+
+def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig) -> pl.DataFrame:
+    caps = []
+    for column, cap, name in ((S.CATEGORY, cfg.max_per_category, "max_per_category"),
+                              (S.BRAND, cfg.max_per_brand, "max_per_brand")):
+        if cap == 0:
+            continue
+        side = _side_column(data, column)
+        if side is None:
+            log.warning("diversity filter: filters.diversity.%s is set but the items table has no '%s' "
+                        "column; that cap is skipped (add the column to items to scatter by it)", name, column)
+            continue
+        caps.append((column, cap, side))
+    if not caps:
+        return frame
+    work = frame.select(S.USER, S.ITEM, S.RANK).with_row_index("_row")
+    for column, _, side in caps:
+        work = work.join(side, on=S.ITEM, how="left", maintain_order="left")
+    work = work.sort(S.USER, S.RANK, S.ITEM)
+    # Per cap: rows grouped by (user, value) once; each round is then a few O(rows) numpy passes.
+    walks = []
+    for column, cap, _ in caps:
+        groups = work.select(pl.struct(S.USER, column).rank("dense").cast(pl.Int64))
+        order, first = _group_walk(groups.to_series().to_numpy())
+        walks.append((work[column].is_null().to_numpy(), cap, order, first))
+    kept = np.ones(work.height, dtype=bool)
+    longest = int(work.group_by(S.USER).len()["len"].max() or 0)
+    for _ in range(longest + 1):
+        decided = np.ones(work.height, dtype=bool)
+        for uncapped, cap, order, first in walks:
+            # Kept rows of the same (user, value) strictly above each row; unknown values are never capped.
+            k = kept[order].astype(np.int64)
+            above = np.cumsum(k) - k
+            before = np.empty_like(above)
+            before[order] = above - above[first]
+            decided &= uncapped | (before < cap)
+        if np.array_equal(decided, kept):
+            break
+        kept = decided
+    keep_rows = work.filter(pl.Series(kept)).select("_row")
+    return frame.with_row_index("_row").join(keep_rows, on="_row", how="semi", maintain_order="left").drop("_row")
+
+
+# --------------------------------------------------------------------------- all together
+
+def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
+                  budget: int) -> tuple[pl.DataFrame, dict[str, int]]:
+    """Run the enabled filters on merged candidates, keep ``budget`` per user, re-rank 1..n.
+
+    Parameters
+    ----------
+    candidates
+        The merge output ``user_id, item_id, score, rank, source, channels`` (any
+        extra columns are carried along), ideally with ``budget + cfg.reserve`` rows
+        per user so that filtered rows are replaced from the reserve.
+    data
+        The training data: events (purchases, clicks) up to ``data.now``, and the
+        items table for ``category_id`` / ``brand_id``.
+    cfg
+        The filter settings.
+    budget
+        Candidates per user after filtering.
+
+    Returns
+    -------
+    The filtered table (same columns, ranks 1..n per user, at most ``budget`` rows
+    per user, sorted by user and rank) and the rows each step removed:
+    ``purchase``, ``blacklist``, ``diversity`` (0 when disabled) and ``budget``
+    (survivors beyond the budget); they add up to the input rows minus the output rows.
+    """
+    if budget < 1:
+        raise RecallError(f"the candidate budget must be at least 1 (got {budget}); set candidates_per_user")
+    missing = [c for c in (S.USER, S.ITEM, S.RANK) if c not in candidates.columns]
+    if missing:
+        raise RecallError(f"candidates table lacks column(s) {missing}; pass the merge output "
+                          "(user_id, item_id, score, rank, source, channels)")
+    rank_dtype = candidates.schema[S.RANK]
+    frame = candidates
+    removed = dict.fromkeys((*FILTERS, "budget"), 0)
+    steps = ((cfg.purchase, _purchase_filter), (cfg.blacklist, _blacklist_filter),
+             (cfg.diversity, _diversity_filter))
+    for name, (section, run) in zip(FILTERS, steps):
+        if section.enabled and frame.height:
+            before = frame.height
+            frame = run(frame, data, section)
+            removed[name] = before - frame.height
+    before = frame.height
+    frame = (frame
+             .sort(S.USER, S.RANK, S.ITEM)
+             .with_columns(pl.int_range(1, pl.len() + 1).over(S.USER).cast(rank_dtype).alias(S.RANK))
+             .filter(pl.col(S.RANK) <= budget))
+    removed["budget"] = before - frame.height
+    return frame, removed
