@@ -23,7 +23,9 @@ def fitted(name: str, dataset: Dataset):
 @pytest.fixture(params=[0, 1], ids=["log0", "log1"])
 def dataset(request, tiny_dataset) -> Dataset:
     events = random_log(request.param, n_events=400, n_users=25, n_items=15)
-    return Dataset(events=events, items=tiny_dataset.items)
+    users = pl.DataFrame({"user_id": list(range(25)), "gender": ["F", "M"] * 12 + ["F"],
+                          "age_band": ["18-24", "25-34", "35-44", "45-54", "55+"] * 5})
+    return Dataset(events=events, items=tiny_dataset.items, users=users)
 
 
 @pytest.mark.parametrize("name", sorted(CHANNELS))

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from recall.channels.base import Channel, ChannelParams, I2IChannel, expand_triggers
+from recall.channels.crowd import Crowd
 from recall.channels.itemcf import ItemCF
+from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
+    RankI2I.name: RankI2I,
     Retarget.name: Retarget,
+    Crowd.name: Crowd,
 }
 
 
