@@ -7,10 +7,12 @@ from recall.channels.crowd import Crowd
 from recall.channels.itemcf import ItemCF
 from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
+from recall.channels.usercf import UserCF
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
+    UserCF.name: UserCF,
     RankI2I.name: RankI2I,
     Retarget.name: Retarget,
     Crowd.name: Crowd,
