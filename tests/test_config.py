@@ -66,6 +66,9 @@ def test_default_config_loads_and_every_key_takes_effect():
         node = dumped
         for key in path:
             node = node[key]
+        if value == float("inf"):
+            assert node is None, path  # TOML has no null: inf spells "no window / no decay"
+            continue
         assert (str(node) if isinstance(node, Path) else node) == value, path
 
 
