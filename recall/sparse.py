@@ -12,26 +12,56 @@ def row_indices(m: sp.csr_matrix) -> np.ndarray:
     return np.repeat(np.arange(m.shape[0], dtype=np.int64), np.diff(m.indptr))
 
 
-def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None) -> sp.csr_matrix:
+def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None, levels: int = 256) -> sp.csr_matrix:
     """Keep the ``k`` largest positive entries of each row; ties go to the smaller column.
 
-    Linear time: each long row's k-th largest value comes from ``np.partition`` on
+    Linear time, in two stages. A histogram pass (``levels`` buckets per row, up to
+    the row maximum) finds the bucket holding each row's k-th largest value and
+    drops everything below it: exact, since bucketing keeps the order. On the
+    survivors, each long row's k-th largest value comes from ``np.partition`` on
     rows padded into dense buckets of similar length (a loop over ~log2(max row
-    length) buckets, never over rows); then entries above it are kept, and entries
-    equal to it in column order until the row has ``k``. Entries come back in
-    column order; :func:`csr_to_frame` ranks them. ``exclude(rows, cols)``, if
-    given, returns a mask of entries to drop before selecting (e.g. the diagonal).
+    length) widths, never over rows); entries above it are kept, and entries
+    equal to it in column order until the row has ``k``. ``exclude(rows, cols)``,
+    if given, masks entries to drop first (e.g. the diagonal). Entries keep their
+    order within the row; :func:`csr_to_frame` ranks them. The input must hold no
+    duplicate (row, col) entries (sparse products and scipy conversions have none).
     """
-    m = sp.csr_matrix(m)
-    m.sum_duplicates()  # canonical: sorted columns, which the tie-break relies on
+    m = sp.csr_matrix(m)  # duplicate (row, col) entries are not expected: products have none
     rows = row_indices(m)
-    values = m.data.astype(np.float64, copy=True)
-    drop = values <= 0
+    keep = m.data > 0
     if exclude is not None:
-        drop |= exclude(rows, m.indices)
-    values[drop] = -np.inf  # never kept: the threshold is -inf at the lowest
-    counts = np.diff(m.indptr)
-    threshold = np.full(m.shape[0], -np.inf)
+        keep &= ~exclude(rows, m.indices)
+    counts = np.bincount(rows[keep], minlength=m.shape[0])
+    if counts.max(initial=0) > k:
+        keep &= _histogram_survivors(m.data, rows, keep, m.shape[0], k, levels)
+    rows, cols, values = rows[keep], m.indices[keep], m.data[keep]
+    selected = _exact_top_k(rows, cols, values, m.shape[0], k)
+    rows, cols, values = rows[selected], cols[selected], values[selected]
+    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))))
+    return sp.csr_matrix((values, cols, indptr), shape=m.shape)
+
+
+def _histogram_survivors(values, rows, valid, n_rows, k, levels):
+    """Mask of entries in or above the bucket of their row's k-th largest valid value."""
+    positive = np.where(valid, values, 0.0)
+    row_max = np.zeros(n_rows)
+    if rows.size:  # rows are sorted: reduce over each row's run of entries
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+        row_max[rows[starts]] = np.maximum.reduceat(positive, starts)
+    scale = np.divide(levels, row_max, out=np.zeros_like(row_max), where=row_max > 0)
+    bucket = np.minimum((positive * scale[rows]).astype(np.int64), levels - 1)
+    hist = np.bincount(rows[valid] * levels + bucket[valid], minlength=n_rows * levels)
+    at_or_above = np.cumsum(hist.reshape(n_rows, levels)[:, ::-1], axis=1)
+    reached = at_or_above >= k
+    threshold = np.where(reached.any(axis=1), levels - 1 - reached.argmax(axis=1), 0)
+    return bucket >= threshold[rows]
+
+
+def _exact_top_k(rows, cols, values, n_rows, k):
+    """Mask of the k largest values per row, ties to the smaller column (rows sorted)."""
+    counts = np.bincount(rows, minlength=n_rows)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    threshold = np.full(n_rows, -np.inf)
     long_rows = np.flatnonzero(counts > k)
     if long_rows.size:
         widths = 1 << np.ceil(np.log2(counts[long_rows])).astype(np.int64)
@@ -41,18 +71,20 @@ def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None) -> sp.csr_matrix:
             dense = np.full((bucket.size, width), -np.inf)
             local = np.repeat(np.arange(bucket.size), lengths)
             within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-            dense[local, within] = values[np.repeat(m.indptr[bucket], lengths) + within]
+            dense[local, within] = values[np.repeat(starts[bucket], lengths) + within]
             threshold[bucket] = -np.partition(-dense, k - 1, axis=1)[:, k - 1]
     cut = threshold[rows]
     keep = values > cut
     tied = np.flatnonzero((values == cut) & (cut > -np.inf))
     if tied.size:
-        room = k - np.bincount(rows[keep], minlength=m.shape[0])
-        tied_rows = rows[tied]  # ascending, and columns ascend within a row
-        tied_rank = np.arange(tied.size) - np.searchsorted(tied_rows, tied_rows)
+        room = k - np.bincount(rows[keep], minlength=n_rows)
+        tied = tied[np.lexsort((cols[tied], rows[tied]))]  # only the ties need column order
+        tied_rows = rows[tied]
+        run_starts = np.flatnonzero(np.r_[True, tied_rows[1:] != tied_rows[:-1]])
+        run_lengths = np.diff(np.r_[run_starts, tied.size])
+        tied_rank = np.arange(tied.size) - np.repeat(run_starts, run_lengths)
         keep[tied[tied_rank < room[tied_rows]]] = True
-    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows[keep], minlength=m.shape[0]))))
-    return sp.csr_matrix((m.data[keep], m.indices[keep], indptr), shape=m.shape)
+    return keep
 
 
 def csr_to_frame(m: sp.csr_matrix, row_ids: pl.Series, col_ids: pl.Series,

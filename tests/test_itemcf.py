@@ -77,6 +77,7 @@ PARAM_CASES = [
     dict(iuf=False, pair_window_hours=None, decay_half_life_hours=None, normalize=False),
     dict(alpha=0.8, top_k=3, bucket_hours=6, pair_window_hours=48, decay_half_life_hours=12),
     dict(window_days=4, max_user_items=12, top_k=5, item_block=4),
+    dict(window_days=4, max_user_items=12, top_k=5, item_block=3, threads=3),
     dict(same_category=True, top_k=4),
 ]
 

@@ -10,14 +10,19 @@ from recall.sparse import csr_to_frame, row_normalise_max, top_k_per_row
 import polars as pl
 
 
-@pytest.mark.parametrize("seed", range(20))
+@pytest.mark.parametrize("levels", [2, 8, 256])
+@pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("k", [1, 3, 8, 40])
-def test_top_k_per_row_matches_sorting(seed, k):
+def test_top_k_per_row_matches_sorting(seed, k, levels):
+    """Exact against a full sort, ties included; few histogram levels stress the pre-filter."""
     rng = np.random.default_rng(seed)
     rows, cols = 30, 60
     dense = rng.integers(-2, 5, size=(rows, cols)).astype(float)  # small ints: plenty of ties
+    if seed % 2:
+        dense = dense * rng.random((rows, cols))  # continuous values too
     dense[rng.random((rows, cols)) < 0.4] = 0
-    got = top_k_per_row(sp.csr_matrix(dense), k).toarray()
+    dense[3] = 0.0  # an empty row
+    got = top_k_per_row(sp.csr_matrix(dense), k, levels=levels).toarray()
     for r in range(rows):
         entries = [(-dense[r, c], c) for c in range(cols) if dense[r, c] > 0]
         keep = sorted(entries)[:k]
@@ -36,3 +41,9 @@ def test_csr_to_frame_ranks_by_score_then_column():
 def test_row_normalise_max():
     m = row_normalise_max(sp.csr_matrix(np.array([[0, 2.0, 4.0], [0, 0, 0], [3.0, 0, 0]])))
     np.testing.assert_allclose(m.toarray(), [[0, 0.5, 1.0], [0, 0, 0], [1.0, 0, 0]])
+
+
+def test_top_k_per_row_exclude_mask():
+    dense = np.array([[5.0, 4.0, 3.0], [1.0, 2.0, 3.0]])
+    got = top_k_per_row(sp.csr_matrix(dense), 1, exclude=lambda r, c: r == c).toarray()
+    np.testing.assert_array_equal(got, [[0, 4.0, 0], [0, 0, 3.0]])

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from recall import schema as S
-from recall.channels.usercf import NEIGHBORS_TABLE, UserCF, UserCFParams, cost_blocks, top_k_rows
+from recall.channels.usercf import NEIGHBORS_TABLE, UserCF, UserCFParams, cost_blocks
 from recall.config import TriggerConfig
 from recall.context import ENGAGED, TrainData
 from recall.io import Dataset, normalise_events
@@ -178,21 +178,6 @@ def test_cost_blocks_cover_every_row_within_bounds():
         assert 1 <= stop - start <= 3
         assert costs[start:stop].sum() <= 6 or stop - start == 1
     assert list(cost_blocks(np.zeros(0), 3, 6)) == []
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("k", [1, 3, 10])
-def test_histogram_top_k_equals_the_full_sort(seed, k):
-    """The fast selection keeps exactly what a full sort keeps, ties (small integers) included."""
-    rng = np.random.default_rng(seed)
-    dense = rng.integers(-1, 6, size=(40, 60)).astype(np.float64) * (rng.random((40, 60)) < 0.6)
-    if seed % 2:
-        dense = dense * rng.random((40, 60))  # continuous values as well as tied ones
-    dense[3] = 0.0  # an empty row
-    m = sp.csr_matrix(dense)
-    fast, full = top_k_rows(m, k, levels=8), top_k_per_row(m, k)
-    assert np.array_equal(fast.indptr, full.indptr)
-    assert np.array_equal(fast.indices, full.indices) and np.array_equal(fast.data, full.data)
 
 
 def test_crawlers_are_left_out():

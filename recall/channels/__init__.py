@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recall.channels.association import Association
 from recall.channels.base import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.crowd import Crowd
 from recall.channels.itemcf import ItemCF
@@ -14,6 +15,7 @@ CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
     UserCF.name: UserCF,
     RankI2I.name: RankI2I,
+    Association.name: Association,
     Retarget.name: Retarget,
     Crowd.name: Crowd,
 }

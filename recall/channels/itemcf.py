@@ -27,6 +27,8 @@ the untruncated table at a time.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -53,6 +55,7 @@ class ItemCFParams(ChannelParams):
     normalize: bool = Field(True, description="divide each row by its maximum")
     top_k: int = Field(100, ge=1, description="neighbours kept per item")
     item_block: int = Field(20_000, ge=1, description="trigger items per block (memory bound)")
+    threads: int = Field(0, ge=0, description="blocks computed in parallel; 0: one per core")
 
     @field_validator("pair_window_hours", "decay_half_life_hours", "window_days")
     @classmethod
@@ -142,9 +145,17 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
                            shape=(n_rows, n_rows))
     neighbourhood = (kernel @ y).tocsr() if max_gap else y
 
-    kept = []
-    for start, stop in blocks(n_items, p.item_block):
-        kept.append(finish(start, sp.csr_matrix(weighted_t[start:stop] @ neighbourhood)))
+    def block_of(bounds: tuple[int, int]) -> sp.csr_matrix:
+        start, stop = bounds
+        return finish(start, sp.csr_matrix(weighted_t[start:stop] @ neighbourhood))
+
+    # scipy's product and numpy's selection release the GIL, so blocks run on threads;
+    # at most `workers` untruncated blocks are alive at once, and each block's result
+    # does not depend on the thread count.
+    workers = p.threads or os.cpu_count() or 1
+    size = min(p.item_block, max(1, math.ceil(n_items / workers)))
+    with ThreadPoolExecutor(workers) as pool:
+        kept = list(pool.map(block_of, blocks(n_items, size)))
     return sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_items, n_items))
 
 

@@ -138,53 +138,6 @@ def cost_blocks(costs: np.ndarray, max_rows: int, max_cost: int):
         start = stop
 
 
-def top_k_rows(m: sp.csr_matrix, k: int, levels: int = 256) -> sp.csr_matrix:
-    """:func:`recall.sparse.top_k_per_row` (same result, same tie rule), quicker on long rows.
-
-    A full sort of every entry is what makes top-K expensive when rows hold
-    thousands of co-users. One histogram pass first finds, per row, the bucket
-    (of ``levels`` linear buckets up to the row maximum) holding the k-th largest
-    value; every entry at or above the k-th value lies in that bucket or above,
-    so discarding the lower buckets is exact, and only the survivors, about k per
-    row, are sorted. Expects no duplicate entries (sparse products have none).
-
-    Parameters
-    ----------
-    m : sp.csr_matrix
-        Scores; non-positive entries are dropped, as by ``top_k_per_row``.
-    k : int
-        Entries kept per row.
-    levels : int
-        Histogram buckets per row; working memory is ``rows * levels`` counts.
-
-    Returns
-    -------
-    sp.csr_matrix
-        The ``k`` largest positive entries of each row, sorted best first
-        (ties to the smaller column).
-    """
-    lengths = np.diff(m.indptr)
-    if m.nnz == 0 or lengths.max() <= k:
-        return top_k_per_row(m, k)
-    n_rows = m.shape[0]
-    rows = row_indices(m)
-    vals = m.data
-    row_max = np.zeros(n_rows)
-    nonempty = lengths > 0
-    row_max[nonempty] = np.maximum.reduceat(vals, m.indptr[:-1][nonempty])
-    scale = np.divide(levels, row_max, out=np.zeros_like(row_max), where=row_max > 0)
-    # floor(v * scale) is non-decreasing in v, so buckets preserve the order within a row.
-    bucket = np.clip((vals * scale[rows]).astype(np.int64), 0, levels - 1)
-    hist = np.bincount(rows * levels + bucket, minlength=n_rows * levels).reshape(n_rows, levels)
-    at_or_above = np.cumsum(hist[:, ::-1], axis=1)  # column j: entries in buckets >= levels - 1 - j
-    reached = at_or_above >= k
-    threshold = np.where(reached.any(axis=1), levels - 1 - reached.argmax(axis=1), 0)
-    keep = bucket >= threshold[rows]
-    indptr = np.concatenate(([0], np.cumsum(np.bincount(rows[keep], minlength=n_rows))))
-    survivors = sp.csr_matrix((vals[keep], m.indices[keep], indptr), shape=m.shape)
-    return top_k_per_row(survivors, k)
-
-
 def user_similarity(x: sp.csr_matrix, p: UserCFParams) -> sp.csr_matrix:
     """Top-K IIF-cosine neighbours of every user, block by block.
 
@@ -226,7 +179,7 @@ def user_similarity(x: sp.csr_matrix, p: UserCFParams) -> sp.csr_matrix:
         # Cosine denominator; the diagonal (a user is not its own neighbour) is zeroed.
         data = np.where(rows != cols, block.data / np.sqrt(n_u[rows] * n_u[cols]), 0.0)
         block = sp.csr_matrix((data, cols, block.indptr), shape=block.shape)
-        kept.append(top_k_rows(block, p.top_k_users))
+        kept.append(top_k_per_row(block, p.top_k_users))
     similarity = sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_users, n_users))
     # Column order inside each row fixes the summation order of the candidate product.
     similarity.has_sorted_indices = False
@@ -267,7 +220,7 @@ class UserCF(Channel):
         for start, stop in cost_blocks(costs, p.user_block, p.max_block_pairs):
             scores = sp.csr_matrix(self.similarity_[start:stop] @ self.strength_)
             scores = scores - scores.multiply(seen[start:stop])
-            frames.append(csr_to_frame(top_k_rows(scores, n), data.user_ids, data.item_ids,
+            frames.append(csr_to_frame(top_k_per_row(scores, n), data.user_ids, data.item_ids,
                                        S.USER, S.ITEM, row_offset=start))
         frames = [f for f in frames if f.height]
         return pl.concat(frames) if frames else empty_candidates(data)
