@@ -32,8 +32,13 @@ def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None, levels: int = 256) -> 
     if exclude is not None:
         keep &= ~exclude(rows, m.indices)
     counts = np.bincount(rows[keep], minlength=m.shape[0])
-    if counts.max(initial=0) > k:
-        keep &= _histogram_survivors(m.data, rows, keep, m.shape[0], k, levels)
+    long_rows = counts > k
+    if long_rows.any():
+        # Only rows longer than k need pruning; the histogram's cost is per long row.
+        in_long = keep & long_rows[rows]
+        long_index = np.cumsum(long_rows) - 1
+        keep[in_long] = _histogram_survivors(m.data[in_long], long_index[rows[in_long]],
+                                             int(long_rows.sum()), k, levels)
     rows, cols, values = rows[keep], m.indices[keep], m.data[keep]
     selected = _exact_top_k(rows, cols, values, m.shape[0], k)
     rows, cols, values = rows[selected], cols[selected], values[selected]
@@ -41,16 +46,17 @@ def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None, levels: int = 256) -> 
     return sp.csr_matrix((values, cols, indptr), shape=m.shape)
 
 
-def _histogram_survivors(values, rows, valid, n_rows, k, levels):
-    """Mask of entries in or above the bucket of their row's k-th largest valid value."""
-    positive = np.where(valid, values, 0.0)
+def _histogram_survivors(values, rows, n_rows, k, levels):
+    """Mask of entries in or above the bucket of their row's k-th largest value.
+
+    ``values`` are positive, ``rows`` sorted row numbers in ``range(n_rows)``.
+    """
     row_max = np.zeros(n_rows)
-    if rows.size:  # rows are sorted: reduce over each row's run of entries
-        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-        row_max[rows[starts]] = np.maximum.reduceat(positive, starts)
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])  # each row's run of entries
+    row_max[rows[starts]] = np.maximum.reduceat(values, starts)
     scale = np.divide(levels, row_max, out=np.zeros_like(row_max), where=row_max > 0)
-    bucket = np.minimum((positive * scale[rows]).astype(np.int64), levels - 1)
-    hist = np.bincount(rows[valid] * levels + bucket[valid], minlength=n_rows * levels)
+    bucket = np.minimum((values * scale[rows]).astype(np.int64), levels - 1)
+    hist = np.bincount(rows * levels + bucket, minlength=n_rows * levels)
     at_or_above = np.cumsum(hist.reshape(n_rows, levels)[:, ::-1], axis=1)
     reached = at_or_above >= k
     threshold = np.where(reached.any(axis=1), levels - 1 - reached.argmax(axis=1), 0)
