@@ -12,7 +12,6 @@ import pytest
 import scipy.sparse as sp
 from pydantic import ValidationError
 
-from recall import schema as S
 from recall.channels.association import Association, AssociationParams, sum_pairs
 from recall.context import TrainData
 from recall.io import Dataset, normalise_events
@@ -210,48 +209,6 @@ def test_no_engaged_events_gives_empty_table():
     channel = Association().fit(train)
     assert channel.similarity_.nnz == 0
     assert channel.recommend(train, 5).height == 0
-
-
-# --- the contract of tests/test_contract.py, for this (unregistered) channel --------------
-
-N = 7
-CONTRACT_PARAMS = [dict(), dict(session_gap_hours=12, popularity_normalize=True, top_k=5)]
-
-
-@pytest.mark.parametrize("overrides", CONTRACT_PARAMS, ids=["defaults", "sessions"])
-@pytest.mark.parametrize("log_seed", [0, 1])
-@pytest.mark.parametrize("cls", [Association])
-def test_contract(cls, log_seed, overrides, tiny_dataset):
-    dataset = Dataset(events=random_log(log_seed, n_events=400, n_users=25, n_items=15), items=tiny_dataset.items)
-
-    def fitted():
-        train = TrainData.build(dataset, seed=3)
-        return cls(cls.Params(**overrides)).fit(train), train
-
-    channel, train = fitted()
-    recs = channel.recommend(train, N)
-    assert recs.columns == [S.USER, S.ITEM, S.SCORE, S.RANK]
-    assert recs.schema[S.USER] == dataset.events.schema[S.USER]
-    assert recs.schema[S.ITEM] == dataset.events.schema[S.ITEM]
-    assert recs.height > 0
-    assert recs.select(S.USER, S.ITEM).is_duplicated().sum() == 0
-    per_user = recs.sort(S.USER, S.RANK).group_by(S.USER, maintain_order=True).agg(S.RANK, S.SCORE)
-    for ranks, scores in per_user.select(S.RANK, S.SCORE).iter_rows():
-        assert len(ranks) <= N and ranks == list(range(1, len(ranks) + 1))
-        assert all(a >= b for a, b in zip(scores, scores[1:]))
-    assert recs[S.USER].is_in(train.user_ids.implode()).all()
-    assert recs[S.ITEM].is_in(train.item_ids.implode()).all()
-    again, _ = fitted()
-    assert again.recommend(train, N).equals(recs)
-    # An i2i channel never recommends what the user already engaged with.
-    seen = train.engaged().select(S.USER, S.ITEM).unique()
-    assert recs.join(seen, on=[S.USER, S.ITEM], how="semi").height == 0
-    # The i2i table: schema, no self pairs, no duplicates, positive scores.
-    table = channel.similar_items(train)
-    assert table.columns == [S.ITEM, S.NEIGHBOR, S.SCORE, S.RANK]
-    assert table.filter(pl.col(S.ITEM) == pl.col(S.NEIGHBOR)).height == 0
-    assert table.select(S.ITEM, S.NEIGHBOR).is_duplicated().sum() == 0
-    assert (table[S.SCORE] > 0).all()
 
 
 # --- helpers ----------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""One contract every registered channel keeps, checked on the same small logs."""
+"""One contract every registered channel keeps, checked on the same small logs.
+
+Parametrised over the registry, so a new channel is covered the moment it is
+registered; ``VARIANTS`` adds non-default parameter sets worth checking too.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,27 @@ import polars as pl
 import pytest
 
 from recall import schema as S
-from recall.channels import CHANNELS
+from recall.channels import CHANNELS, I2IChannel
 from recall.context import TrainData
 from recall.io import Dataset
 from tests.conftest import random_log
 
 N = 7
 
+# Extra parameter sets per channel (the defaults are always checked).
+VARIANTS: dict[str, list[dict]] = {
+    "association": [dict(session_gap_hours=12, popularity_normalize=True, top_k=5)],
+    "crowd": [dict(min_support=5, min_users=2)],
+}
+CASES = [(name, {}) for name in sorted(CHANNELS)] + [
+    (name, params) for name, variants in sorted(VARIANTS.items()) if name in CHANNELS for params in variants]
+CASE_IDS = [name + ("" if not params else "-" + ",".join(params)) for name, params in CASES]
 
-def fitted(name: str, dataset: Dataset):
+
+def fitted(name: str, params: dict, dataset: Dataset):
     train = TrainData.build(dataset, seed=3)
-    channel = CHANNELS[name]().fit(train)
-    return channel, train
+    cls = CHANNELS[name]
+    return cls(cls.Params(**params)).fit(train), train
 
 
 @pytest.fixture(params=[0, 1], ids=["log0", "log1"])
@@ -28,14 +41,15 @@ def dataset(request, tiny_dataset) -> Dataset:
     return Dataset(events=events, items=tiny_dataset.items, users=users)
 
 
-@pytest.mark.parametrize("name", sorted(CHANNELS))
-def test_channel_contract(name, dataset):
-    channel, train = fitted(name, dataset)
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+def test_channel_contract(name, params, dataset):
+    channel, train = fitted(name, params, dataset)
     recs = channel.recommend(train, N)
     # Schema and types.
     assert recs.columns == [S.USER, S.ITEM, S.SCORE, S.RANK]
     assert recs.schema[S.USER] == dataset.events.schema[S.USER]
     assert recs.schema[S.ITEM] == dataset.events.schema[S.ITEM]
+    assert recs.schema[S.SCORE] == pl.Float64 and recs.schema[S.RANK] == pl.Int32
     assert recs.height > 0
     # No duplicate pairs, at most N per user, ranks 1..m, scores non-increasing with rank.
     assert recs.select(S.USER, S.ITEM).is_duplicated().sum() == 0
@@ -46,26 +60,24 @@ def test_channel_contract(name, dataset):
     # Only known ids.
     assert recs[S.USER].is_in(train.user_ids.implode()).all()
     assert recs[S.ITEM].is_in(train.item_ids.implode()).all()
+    # Channels that exclude what the user engaged with really do.
+    if getattr(channel, "exclude_interacted", False):
+        seen = train.engaged().select(S.USER, S.ITEM).unique()
+        assert recs.join(seen, on=[S.USER, S.ITEM], how="semi").height == 0
     # Deterministic: a fresh fit on the same data gives the same table.
-    again, _ = fitted(name, dataset)
+    again, _ = fitted(name, params, dataset)
     assert again.recommend(train, N).equals(recs)
 
 
-@pytest.mark.parametrize("name", sorted(n for n, c in CHANNELS.items() if getattr(c, "exclude_interacted", False)))
-def test_i2i_channels_exclude_what_the_user_engaged_with(name, dataset):
-    channel, train = fitted(name, dataset)
-    recs = channel.recommend(train, N)
-    seen = train.engaged().select(S.USER, S.ITEM).unique()
-    assert recs.join(seen, on=[S.USER, S.ITEM], how="semi").height == 0
-
-
-@pytest.mark.parametrize("name", sorted(CHANNELS))
-def test_i2i_table_contract(name, dataset):
-    channel, train = fitted(name, dataset)
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+def test_i2i_table_contract(name, params, dataset):
+    channel, train = fitted(name, params, dataset)
     table = channel.similar_items(train)
-    if table is None:
-        pytest.skip(f"{name} has no item-to-item table")
+    if not isinstance(channel, I2IChannel):
+        assert table is None, f"{name} is not an i2i channel but returns a table"
+        return
     assert table.columns == [S.ITEM, S.NEIGHBOR, S.SCORE, S.RANK]
+    assert table.height > 0
     assert table.filter(pl.col(S.ITEM) == pl.col(S.NEIGHBOR)).height == 0
     assert table.select(S.ITEM, S.NEIGHBOR).is_duplicated().sum() == 0
     assert (table[S.SCORE] > 0).all()

@@ -9,7 +9,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recall import schema as S
 from recall.channels.itemcf import ItemCF, ItemCFParams
 from recall.channels.ranki2i import RankI2I, RankI2IParams
 from recall.context import TrainData
@@ -241,34 +240,3 @@ def test_params_validate():
         RankI2IParams(attribution="first")
 
 
-# --- the channel contract (tests/test_contract.py covers registered channels only) ---------
-
-@pytest.fixture(params=[0, 1], ids=["log0", "log1"])
-def contract_dataset(request, tiny_dataset) -> Dataset:
-    events = random_log(request.param, n_events=400, n_users=25, n_items=15)
-    return Dataset(events=events, items=tiny_dataset.items)
-
-
-def test_channel_contract(contract_dataset):
-    train = TrainData.build(contract_dataset, seed=3)
-    recs = RankI2I().fit(train).recommend(train, N)
-    assert recs.columns == [S.USER, S.ITEM, S.SCORE, S.RANK]
-    assert recs.schema[S.USER] == contract_dataset.events.schema[S.USER]
-    assert recs.schema[S.ITEM] == contract_dataset.events.schema[S.ITEM]
-    assert recs.height > 0
-    assert recs.select(S.USER, S.ITEM).is_duplicated().sum() == 0
-    per_user = recs.sort(S.USER, S.RANK).group_by(S.USER, maintain_order=True).agg(S.RANK, S.SCORE)
-    for ranks, scores in per_user.select(S.RANK, S.SCORE).iter_rows():
-        assert len(ranks) <= N and ranks == list(range(1, len(ranks) + 1))
-        assert all(a >= b for a, b in zip(scores, scores[1:]))
-    assert recs[S.USER].is_in(train.user_ids.implode()).all()
-    assert recs[S.ITEM].is_in(train.item_ids.implode()).all()
-    seen = train.engaged().select(S.USER, S.ITEM).unique()
-    assert recs.join(seen, on=[S.USER, S.ITEM], how="semi").height == 0
-    again = RankI2I().fit(TrainData.build(contract_dataset, seed=3))
-    assert again.recommend(train, N).equals(recs)
-    table = again.similar_items(train)
-    assert table.columns == [S.ITEM, S.NEIGHBOR, S.SCORE, S.RANK]
-    assert table.filter(pl.col(S.ITEM) == pl.col(S.NEIGHBOR)).height == 0
-    assert table.select(S.ITEM, S.NEIGHBOR).is_duplicated().sum() == 0
-    assert (table[S.SCORE] > 0).all()

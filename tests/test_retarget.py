@@ -128,41 +128,6 @@ def test_params_defaults_and_validation():
             RetargetParams(**bad)
 
 
-# The contract of tests/test_contract.py, for this channel (it is not in the registry yet).
-N = 7
-
-
-@pytest.fixture(params=[0, 1], ids=["log0", "log1"])
-def contract_dataset(request, tiny_dataset) -> Dataset:
-    events = random_log(request.param, n_events=400, n_users=25, n_items=15)
-    return Dataset(events=events, items=tiny_dataset.items)
-
-
-@pytest.mark.parametrize("cls", [Retarget])
-def test_channel_contract(cls, contract_dataset):
-    def fitted():
-        train = TrainData.build(contract_dataset, seed=3)
-        return cls().fit(train), train
-
-    channel, train = fitted()
-    recs = channel.recommend(train, N)
-    assert recs.columns == [S.USER, S.ITEM, S.SCORE, S.RANK]
-    assert recs.schema[S.USER] == contract_dataset.events.schema[S.USER]
-    assert recs.schema[S.ITEM] == contract_dataset.events.schema[S.ITEM]
-    assert recs.schema[S.SCORE] == pl.Float64 and recs.schema[S.RANK] == pl.Int32
-    assert recs.height > 0
-    assert recs.select(S.USER, S.ITEM).is_duplicated().sum() == 0
-    per_user = recs.sort(S.USER, S.RANK).group_by(S.USER, maintain_order=True).agg(S.RANK, S.SCORE)
-    for ranks, scores in per_user.select(S.RANK, S.SCORE).iter_rows():
-        assert len(ranks) <= N and ranks == list(range(1, len(ranks) + 1))
-        assert all(a >= b for a, b in zip(scores, scores[1:]))
-    assert recs[S.USER].is_in(train.user_ids.implode()).all()
-    assert recs[S.ITEM].is_in(train.item_ids.implode()).all()
-    again, _ = fitted()
-    assert again.recommend(train, N).equals(recs)
-    assert channel.similar_items(train) is None
-
-
 def test_no_retargeting_behaviour_gives_the_empty_table():
     events = log([(1, 1, "buy", T0), (2, 2, "impression", T0)])
     train = TrainData.build(Dataset(events))

@@ -8,14 +8,12 @@ from collections import defaultdict
 import numpy as np
 import polars as pl
 import pytest
-import scipy.sparse as sp
 
 from recall import schema as S
 from recall.channels.usercf import NEIGHBORS_TABLE, UserCF, UserCFParams, cost_blocks
 from recall.config import TriggerConfig
 from recall.context import ENGAGED, TrainData
 from recall.io import Dataset, normalise_events
-from recall.sparse import top_k_per_row
 from tests.conftest import random_log
 
 
@@ -217,38 +215,3 @@ def test_nothing_engaged_gives_an_empty_table():
     assert recs.height == 0 and recs.columns == [S.USER, S.ITEM, S.SCORE, S.RANK]
 
 
-# The contract of tests/test_contract.py, for this channel until it is in the registry.
-N = 7
-
-
-@pytest.fixture(params=[0, 1], ids=["log0", "log1"])
-def dataset(request, tiny_dataset) -> Dataset:
-    events = random_log(request.param, n_events=400, n_users=25, n_items=15)
-    return Dataset(events=events, items=tiny_dataset.items)
-
-
-@pytest.mark.parametrize("cls", [UserCF])
-def test_channel_contract(cls, dataset):
-    def fitted():
-        train = TrainData.build(dataset, seed=3)
-        return cls().fit(train), train
-
-    channel, train = fitted()
-    recs = channel.recommend(train, N)
-    assert recs.columns == [S.USER, S.ITEM, S.SCORE, S.RANK]
-    assert recs.schema[S.USER] == dataset.events.schema[S.USER]
-    assert recs.schema[S.ITEM] == dataset.events.schema[S.ITEM]
-    assert recs.height > 0
-    assert recs.select(S.USER, S.ITEM).is_duplicated().sum() == 0
-    per_user = recs.sort(S.USER, S.RANK).group_by(S.USER, maintain_order=True).agg(S.RANK, S.SCORE)
-    for ranks, scores in per_user.select(S.RANK, S.SCORE).iter_rows():
-        assert len(ranks) <= N and ranks == list(range(1, len(ranks) + 1))
-        assert all(a >= b for a, b in zip(scores, scores[1:]))
-    assert recs[S.USER].is_in(train.user_ids.implode()).all()
-    assert recs[S.ITEM].is_in(train.item_ids.implode()).all()
-    again, _ = fitted()
-    assert again.recommend(train, N).equals(recs)
-    # Like the i2i channels, userCF never recalls what the user already engaged with.
-    seen = train.engaged().select(S.USER, S.ITEM).unique()
-    assert recs.join(seen, on=[S.USER, S.ITEM], how="semi").height == 0
-    assert channel.similar_items(train) is None
