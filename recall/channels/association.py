@@ -55,26 +55,25 @@ W x that many pairs in flight), and A + A^T is formed and truncated
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from recall import schema as S
-from recall.channels.base import ChannelParams, I2IChannel
+from recall.channels.base import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
 from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
 
 
 class AssociationParams(ChannelParams):
-    behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
+    behaviors: BehaviorList = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
                                  description="behaviours whose items form the sequences")
-    window_days: float | None = Field(None, gt=0, description="only the last N days of training data (inf: all)")
-    session_gap_hours: float | None = Field(
+    window_days: Span = Field(None, gt=0, description="only the last N days of training data (inf: all)")
+    session_gap_hours: Span = Field(
         None, gt=0, description="cut a sequence where consecutive events are more than this apart (inf: no cut)")
     window: int = Field(5, ge=1, description="farthest distance (in positions) that still makes a pair")
     distance_base: float = Field(0.8, gt=0, le=1, description="a pair d positions apart weighs base^(d - 1)")
@@ -91,20 +90,6 @@ class AssociationParams(ChannelParams):
     position_block: int = Field(2_000_000, ge=1, description="sequence positions whose pairs are summed at once "
                                                             "(memory bound: window x this many pairs)")
     item_block: int = Field(20_000, ge=1, description="table rows combined and truncated at once (memory bound)")
-
-    @field_validator("session_gap_hours", "window_days")
-    @classmethod
-    def _infinite_is_none(cls, value: float | None) -> float | None:
-        # TOML has no null: `inf` spells "no session cut" / "no window".
-        return None if value is not None and math.isinf(value) else value
-
-    @field_validator("behaviors")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(S.BEHAVIORS))
-        if unknown or not value:
-            raise ValueError(f"behaviors must be a non-empty subset of {', '.join(S.BEHAVIORS)}")
-        return value
 
     @model_validator(mode="after")
     def _some_direction(self):

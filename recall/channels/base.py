@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import polars as pl
 import scipy.sparse as sp
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from recall import schema as S
 from recall.context import TrainData
 from recall.sparse import blocks, csr_to_frame, top_k_per_row
+
+
+def _infinite_is_none(value: float | None) -> float | None:
+    # TOML has no null: `inf` spells "no window", "no decay", "no session cut".
+    return None if value is not None and math.isinf(value) else value
+
+
+def _known_behaviors(value: list[str]) -> list[str]:
+    if not value or set(value) - set(S.BEHAVIORS):
+        raise ValueError(f"behaviors must be a non-empty subset of {', '.join(S.BEHAVIORS)}")
+    return value
+
+
+# Parameter types shared by the channels' Params models.
+Span = Annotated[float | None, AfterValidator(_infinite_is_none)]
+"""A length of time (hours or days); None, or ``inf`` in TOML, means unbounded."""
+BehaviorList = Annotated[list[str], AfterValidator(_known_behaviors)]
+"""A non-empty list of behaviours from :data:`recall.schema.BEHAVIORS`."""
 
 
 class ChannelParams(BaseModel):

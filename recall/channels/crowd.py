@@ -41,7 +41,6 @@ every supported crowd) and ``hot/<crowd>.parquet`` per crowd, e.g.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from typing import ClassVar, Literal
@@ -51,7 +50,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from recall import schema as S
-from recall.channels.base import Channel, ChannelParams, empty_candidates
+from recall.channels.base import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import PriorMethod, fit_beta_prior, shrink
 from recall.errors import RecallError
@@ -70,7 +69,7 @@ class CrowdParams(ChannelParams):
     attributes: list[str] = Field(default_factory=lambda: ["gender", "age_band", "city"],
                                   description="users-table columns defining crowds, coarse to fine "
                                               "(missing ones skipped; [] = global list only)")
-    window_days: float | None = Field(7.0, gt=0, description="hot lists from the last N days (inf: all)")
+    window_days: Span = Field(7.0, gt=0, description="hot lists from the last N days (inf: all)")
     top_k: int = Field(200, ge=1, description="items per crowd list")
     rank_by: Literal["auto", "ctr", "volume"] = Field(
         "auto", description="smoothed CTR or click share; auto: CTR when the window has impressions")
@@ -82,11 +81,6 @@ class CrowdParams(ChannelParams):
     min_prior_items: int = Field(10, ge=1, description="fewer items with impressions give a weak prior")
     max_crowd_files: int = Field(20, ge=0, description="more crowds than this: publish only the global "
                                                       "and the combined table, not one file per crowd")
-
-    @field_validator("window_days")
-    @classmethod
-    def _infinite_is_none(cls, value: float | None) -> float | None:
-        return None if value is not None and math.isinf(value) else value
 
     @field_validator("attributes")
     @classmethod

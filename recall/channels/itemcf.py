@@ -33,43 +33,29 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from recall import schema as S
-from recall.channels.base import ChannelParams, I2IChannel
+from recall.channels.base import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
 from recall.sparse import blocks, row_normalise_max, top_k_per_row
 
 
 class ItemCFParams(ChannelParams):
-    behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
+    behaviors: BehaviorList = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
                                  description="behaviours that count as co-engagement")
-    window_days: float | None = Field(None, gt=0, description="only the last N days of training data (inf: all)")
+    window_days: Span = Field(None, gt=0, description="only the last N days of training data (inf: all)")
     max_user_items: int = Field(1000, ge=2, description="users with more items are dropped as crawlers")
     iuf: bool = Field(True, description="weight users by 1/log(1 + n_u)")
     alpha: float = Field(0.8, ge=0, le=1, description="hot-item normalisation N_i^a N_j^(1-a); 0.5 is cosine")
-    pair_window_hours: float | None = Field(168.0, ge=0, description="max gap between the two interactions (inf: any)")
+    pair_window_hours: Span = Field(168.0, ge=0, description="max gap between the two interactions (inf: any)")
     bucket_hours: float = Field(24.0, gt=0, description="time resolution of the pair window and decay")
-    decay_half_life_hours: float | None = Field(72.0, gt=0, description="time decay between interactions (inf: none)")
+    decay_half_life_hours: Span = Field(72.0, gt=0, description="time decay between interactions (inf: none)")
     same_category: bool = Field(False, description="only pairs within one category_id")
     normalize: bool = Field(True, description="divide each row by its maximum")
     top_k: int = Field(100, ge=1, description="neighbours kept per item")
     item_block: int = Field(20_000, ge=1, description="trigger items per block (memory bound)")
     threads: int = Field(0, ge=0, description="blocks computed in parallel; 0: one per core")
-
-    @field_validator("pair_window_hours", "decay_half_life_hours", "window_days")
-    @classmethod
-    def _infinite_is_none(cls, value: float | None) -> float | None:
-        # TOML has no null: `inf` spells "no window" / "no decay".
-        return None if value is not None and math.isinf(value) else value
-
-    @field_validator("behaviors")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(S.BEHAVIORS))
-        if unknown or not value:
-            raise ValueError(f"behaviors must be a non-empty subset of {', '.join(S.BEHAVIORS)}")
-        return value
 
 
 def engagement_rows(data: TrainData, p: ItemCFParams) -> pl.DataFrame:

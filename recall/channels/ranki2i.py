@@ -36,7 +36,6 @@ true matches are materialised), over blocks of target events so memory is bounde
 from __future__ import annotations
 
 import logging
-import math
 from typing import Literal
 
 import numpy as np
@@ -45,7 +44,7 @@ import scipy.sparse as sp
 from pydantic import Field, field_validator
 
 from recall import schema as S
-from recall.channels.base import I2IChannel
+from recall.channels.base import I2IChannel, Span
 from recall.channels.itemcf import ItemCFParams, category_codes, cooccurrence, truncate_block
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import BetaPrior, PriorMethod, fit_beta_prior, shrink
@@ -58,7 +57,7 @@ TRIGGER = "trigger_idx"
 
 
 class RankI2IParams(ItemCFParams):
-    ctr_window_days: float | None = Field(30.0, gt=0,
+    ctr_window_days: Span = Field(30.0, gt=0,
                                           description="CTR counted over the last N days (inf: all)")
     pair_ctr: bool = Field(True, description="per (trigger, target) CTR when the log has impressions")
     attribution_hours: float = Field(24.0, gt=0,
@@ -75,11 +74,6 @@ class RankI2IParams(ItemCFParams):
                                        description="deep actions of the CTR proxy when there are no impressions")
     attribution_block: int = Field(1_000_000, ge=1,
                                    description="target events per block in the attribution join (memory bound)")
-
-    @field_validator("ctr_window_days")
-    @classmethod
-    def _window_infinite_is_none(cls, value: float | None) -> float | None:
-        return None if value is not None and math.isinf(value) else value
 
     @field_validator("proxy_behaviors")
     @classmethod

@@ -21,14 +21,13 @@ it beyond that either.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from recall import schema as S
-from recall.channels.base import Channel, ChannelParams, empty_candidates
+from recall.channels.base import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 
 RETARGET_BEHAVIORS = ("click", "fav", "cart")
@@ -41,8 +40,8 @@ class RetargetParams(ChannelParams):
     behavior_weights: dict[str, float] = Field(
         default_factory=lambda: {"click": 1.0, "fav": 2.0, "cart": 3.0},
         description="strength of each retargeting behaviour (click, fav, cart); 0 leaves it out")
-    window_days: float | None = Field(14.0, gt=0, description="only behaviours this recent (inf: all)")
-    half_life_days: float | None = Field(3.0, gt=0, description="recency half-life of a behaviour (inf: no decay)")
+    window_days: Span = Field(14.0, gt=0, description="only behaviours this recent (inf: all)")
+    half_life_days: Span = Field(3.0, gt=0, description="recency half-life of a behaviour (inf: no decay)")
     aggregate: Literal["sum", "max"] = Field("sum", description="combine a user's events on one item: "
                                                                 "sum (repeated interest adds up) or max")
     max_per_user: int = Field(10, ge=1, description="hard cap on the channel's candidates per user")
@@ -54,12 +53,6 @@ class RetargetParams(ChannelParams):
         if isinstance(values, dict) and values.get("quota") is None and values.get("share") is None:
             values = {**values, "quota": values.get("max_per_user", cls.model_fields["max_per_user"].default)}
         return values
-
-    @field_validator("window_days", "half_life_days")
-    @classmethod
-    def _infinite_is_none(cls, value: float | None) -> float | None:
-        # TOML has no null: `inf` spells "no window" / "no decay".
-        return None if value is not None and math.isinf(value) else value
 
     @field_validator("behavior_weights")
     @classmethod

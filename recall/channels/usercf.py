@@ -42,10 +42,10 @@ from typing import ClassVar
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from recall import schema as S
-from recall.channels.base import Channel, ChannelParams, empty_candidates
+from recall.channels.base import BehaviorList, Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.sparse import csr_to_frame, row_indices, top_k_per_row
 
@@ -53,9 +53,9 @@ NEIGHBORS_TABLE = "u2u/usercf.parquet"
 
 
 class UserCFParams(ChannelParams):
-    behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
+    behaviors: BehaviorList = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
                                  description="behaviours that count as engagement (for N(u) and r(v, i))")
-    window_days: float | None = Field(None, gt=0, description="only the last N days of training data (inf: all)")
+    window_days: Span = Field(None, gt=0, description="only the last N days of training data (inf: all)")
     max_user_items: int = Field(1000, ge=1, description="users with more items are dropped as crawlers")
     iif: bool = Field(True, description="weight each shared item by 1/log(1 + N_i) (inverse item frequency)")
     top_k_users: int = Field(50, ge=1, description="most similar users kept per user")
@@ -65,20 +65,6 @@ class UserCFParams(ChannelParams):
     max_block_pairs: int = Field(2_000_000, ge=1,
                                  description="upper bound on (user, co-user) products per block (memory bound)")
     publish_neighbors: bool = Field(True, description=f"publish the user-user table as {NEIGHBORS_TABLE}")
-
-    @field_validator("window_days")
-    @classmethod
-    def _infinite_is_none(cls, value: float | None) -> float | None:
-        # TOML has no null: `inf` spells "no window".
-        return None if value is not None and math.isinf(value) else value
-
-    @field_validator("behaviors")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(S.BEHAVIORS))
-        if unknown or not value:
-            raise ValueError(f"behaviors must be a non-empty subset of {', '.join(S.BEHAVIORS)}")
-        return value
 
 
 def engagement_pairs(data: TrainData, p: UserCFParams) -> pl.DataFrame:
