@@ -1,10 +1,28 @@
-"""The ``recall`` command line: thin commands over the library; RecallError becomes exit code 1."""
+"""The ``recall`` command line: thin commands over the library, with exit codes and logs for cron.
+
+Exit codes: 0 success; 1 a problem the user can fix (:class:`~recall.errors.RecallError`,
+or a command-line usage error), printed as one ``error: ...`` line; 2 an internal
+error (any other exception, i.e. a bug), printed as one ``internal error: TYPE: MESSAGE``
+line naming the file the traceback was written to. A traceback reaches the
+terminal only with ``--debug``. Global options (before the command, or from the
+environment): ``--quiet`` shows errors only, ``--log-format json`` writes one
+JSON object per line on stderr (see :mod:`recall.logs`), ``--debug`` shows
+everything, with tracebacks.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
+import enum
 import functools
 import json
+import logging
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,6 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from recall.errors import RecallError
+from recall.logs import event, setup_logging
 
 app = typer.Typer(help="Multi-channel recall: turn an interaction log into per-user candidate tables.",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="rich")
@@ -21,6 +40,7 @@ data_app = typer.Typer(help="Create, import and check input data.", no_args_is_h
 app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
+log = logging.getLogger("recall")
 
 DEFAULT_CONFIG = Path("configs/default.toml")
 
@@ -31,8 +51,84 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="output root (over
 DateOpt = Annotated[Optional[str], typer.Option("--run-date", help="run date YYYY-MM-DD (overrides output.run_date)")]
 
 
+class LogFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
+
+
+@dataclass
+class Options:
+    """The global options of the current invocation."""
+
+    quiet: bool = False
+    log_format: str = "text"
+    debug: bool = False
+
+
+OPTIONS = Options()
+
+
+@app.callback()
+def global_options(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", envvar="RECALL_QUIET",
+                                        help="no progress or summaries: print errors only (for cron)")] = False,
+    log_format: Annotated[LogFormat, typer.Option("--log-format", envvar="RECALL_LOG_FORMAT",
+                                                  help="stderr as text, or one JSON object per line "
+                                                       "(ts, level, event, message, fields)")] = LogFormat.text,
+    debug: Annotated[bool, typer.Option("--debug", envvar="RECALL_DEBUG",
+                                        help="debug logs, and tracebacks on the terminal")] = False,
+):
+    """Global options go before the command: recall --quiet --log-format json run."""
+    global OPTIONS
+    OPTIONS = Options(quiet=quiet, log_format=log_format.value, debug=debug)
+    setup_logging(OPTIONS.log_format, quiet=quiet, debug=debug)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def report_user_error(exc: RecallError) -> None:
+    """Print a RecallError as ``error: ...`` (or a JSON event); exit code 1 follows."""
+    if OPTIONS.debug:
+        err.print(escape("".join(traceback.format_exception(exc))), highlight=False)
+    if OPTIONS.log_format == "json":
+        event(log, "error", str(exc), level=logging.ERROR, exit_code=1)
+    else:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+
+
+def write_traceback(exc: BaseException) -> Path | None:
+    """Write the traceback of an internal error to a file in the temp folder; None if that fails."""
+    try:
+        with tempfile.NamedTemporaryFile("w", prefix="recall-internal-error-", suffix=".txt",
+                                         delete=False) as handle:
+            handle.write(f"recall internal error at {dt.datetime.now(dt.timezone.utc).isoformat()}\n"
+                         f"command: {' '.join(sys.argv)}\n\n")
+            handle.write("".join(traceback.format_exception(exc)))
+            return Path(handle.name)
+    except OSError:
+        return None
+
+
+def report_internal_error(exc: BaseException) -> None:
+    """One line naming the exception and where its traceback went; exit code 2 follows."""
+    path = write_traceback(exc)
+    where = (f"traceback written to {path}" if path is not None
+             else "the traceback could not be written to the temp folder; rerun with --debug")
+    summary = f"{type(exc).__name__}: {_one_line(str(exc))}" if str(exc) else type(exc).__name__
+    if OPTIONS.debug:
+        err.print(escape("".join(traceback.format_exception(exc))), highlight=False)
+    if OPTIONS.log_format == "json":
+        event(log, "internal_error", f"{summary} ({where})", level=logging.ERROR, exit_code=2,
+              error_type=type(exc).__name__, error=str(exc), traceback_file=str(path) if path else None)
+    else:
+        err.print(f"[bold red]internal error:[/] {escape(summary)} ({escape(where)}; this is a bug "
+                  "in recall, please report it)", highlight=False, soft_wrap=True)
+
+
 def command(group: typer.Typer, name: str | None = None):
-    """Register a command whose RecallError is printed as one line and exits with code 1."""
+    """Register a command: RecallError exits 1 with one line, any other exception exits 2 with one line."""
 
     def register(function):
         @functools.wraps(function)
@@ -40,12 +136,23 @@ def command(group: typer.Typer, name: str | None = None):
             try:
                 return function(*args, **kwargs)
             except RecallError as exc:
-                err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+                report_user_error(exc)
                 raise typer.Exit(1) from None
+            except (typer.Exit, typer.Abort, typer.TyperException):
+                raise
+            except Exception as exc:  # noqa: BLE001 - the edge of the program: a bug, reported as such
+                report_internal_error(exc)
+                raise typer.Exit(2) from None
 
         return group.command(name)(wrapper)
 
     return register
+
+
+def say(*objects) -> None:
+    """Print progress-like information (summaries, 'wrote ...'), which --quiet suppresses."""
+    if not OPTIONS.quiet:
+        out.print(*objects)
 
 
 def load(config: Path | None, overrides: list[str] | None, data: Path | None = None,
@@ -66,7 +173,19 @@ def load(config: Path | None, overrides: list[str] | None, data: Path | None = N
 
 @contextlib.contextmanager
 def progress_steps():
-    """A ``step(name)`` context factory that shows a spinner and the elapsed time of each step."""
+    """A ``step(name)`` context factory: a spinner with elapsed times, a JSON event per step, or nothing."""
+    if OPTIONS.quiet:
+        yield lambda name: contextlib.nullcontext()
+        return
+    if OPTIONS.log_format == "json":
+        @contextlib.contextmanager
+        def logged(name: str):
+            started = time.perf_counter()
+            yield
+            event(log, "step.done", f"{name} done", step=name, seconds=round(time.perf_counter() - started, 3))
+
+        yield logged
+        return
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
@@ -81,6 +200,8 @@ def progress_steps():
 
 
 def print_summary(result: dict) -> None:
+    if OPTIONS.quiet:
+        return
     table = Table(title=f"run {result['run_date']}")
     for column in ("channel", "candidate rows", "users", "i2i rows", "seconds"):
         table.add_column(column, justify="right" if column != "channel" else "left")
@@ -95,6 +216,9 @@ def print_summary(result: dict) -> None:
         out.print(f"merged slots by channel: {by_source}")
     else:
         out.print(table)
+    for failure in result.get("failures", []):
+        out.print(f"[bold red]failed[/] (optional, left out): {escape(failure['part'])}: "
+                  f"{escape(failure['error_type'])}: {escape(failure['message'])}")
     out.print(f"tables published under [bold]{result['published']}[/]")
 
 
@@ -115,8 +239,8 @@ def data_synth(
 
     dataset = synthesize(users, items, days, seed)
     written = write_dataset(dataset, out_dir)
-    out.print(summarise(dataset))
-    out.print(f"wrote {', '.join(str(p) for p in written.values())}")
+    say(summarise(dataset))
+    say(f"wrote {', '.join(str(p) for p in written.values())}")
 
 
 @command(data_app, "import")
@@ -140,8 +264,8 @@ def data_import(
         options[".".join(keys)] = value
     dataset = run_importer(fmt, src, **options)
     written = write_dataset(dataset, out_dir)
-    out.print(summarise(dataset))
-    out.print(f"wrote {', '.join(str(p) for p in written.values())}")
+    say(summarise(dataset))
+    say(f"wrote {', '.join(str(p) for p in written.values())}")
 
 
 @command(data_app, "check")
@@ -158,8 +282,8 @@ def data_check(directory: Annotated[Path, typer.Argument(help="data folder with 
     table = Table(title=f"data check: {directory}", show_header=False)
     for key, value in summary.items():
         table.add_row(key, str(value))
-    out.print(table)
-    out.print("[green]ok[/]")
+    say(table)
+    say("[green]ok[/]")
 
 
 @command(app, "channels")
@@ -280,4 +404,18 @@ def similar(item: Annotated[str, typer.Argument(help="item id")],
 
 
 def main() -> None:
-    app()
+    """The ``recall`` entry point: command-line usage errors exit 1 (user errors), not click's 2."""
+    from typer import rich_utils
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(1)
+    except typer.TyperException as exc:  # a usage error: unknown option, bad value, missing argument
+        rich_utils.rich_format_error(exc)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug outside any command (e.g. in option parsing)
+        report_internal_error(exc)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from recall import schema as S
+from recall.analysis import ALSConfig, SegmentsConfig, TuneConfig
 from recall.errors import RecallError
 from recall.filters import FiltersConfig
 
@@ -27,7 +28,13 @@ class DataConfig(Strict):
 class OutputConfig(Strict):
     root: Path = Path("out")
     run_date: str = Field("", description="YYYY-MM-DD; empty means the day after the last event")
-    keep_runs: int = Field(7, ge=1)
+    keep_runs: int = Field(7, ge=1, description="run dates kept; older ones are removed")
+    on_lock: Literal["fail", "wait"] = Field(
+        "fail", description="another run holds the output root's lock: fail at once (exit 1) or wait")
+    lock_timeout_seconds: float = Field(
+        3600.0, ge=0, description="with on_lock = \"wait\", give up (exit 1) after this long")
+    superseded_grace_seconds: float = Field(
+        600.0, ge=0, description="a version replaced by a re-run of its date stays this long for readers")
 
     @field_validator("run_date", mode="before")
     @classmethod
@@ -43,6 +50,15 @@ class OutputConfig(Strict):
         if value:
             dt.date.fromisoformat(value)
         return value
+
+
+class RunConfig(Strict):
+    """How a run treats its parts."""
+
+    optional_channels: list[str] = Field(
+        default_factory=list,
+        description="channels whose failure does not fail the run: it is logged as an error, recorded "
+                    "under 'failures' in the manifest, and the run is published without them")
 
 
 class TriggerConfig(Strict):
@@ -79,6 +95,8 @@ class EvalConfig(Strict):
         True, description="drop test items the user already had in training (recall of new items)"
     )
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of test users")
+    als: ALSConfig = ALSConfig()
+    segments: SegmentsConfig = SegmentsConfig()
 
 
 class Config(Strict):
@@ -87,12 +105,14 @@ class Config(Strict):
     seed: int = 42
     data: DataConfig = DataConfig()
     output: OutputConfig = OutputConfig()
+    run: RunConfig = RunConfig()
     candidates_per_user: int = Field(200, ge=1)
     triggers: TriggerConfig = TriggerConfig()
     channels: dict[str, Any] = Field(default_factory=dict)
     merge: MergeConfig = MergeConfig()
     filters: FiltersConfig = FiltersConfig()
     eval: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="after")
     def _typed_channels(self) -> "Config":
@@ -111,6 +131,8 @@ class Config(Strict):
             except ValidationError as exc:
                 problems += [f"{'.'.join(['channels', name, *map(str, e['loc'])])}: "
                              f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
+        problems += [f"run.optional_channels: {unknown_channel(name)}"
+                     for name in self.run.optional_channels if name not in CHANNELS]
         if problems:
             # One problem per line, each already naming its field path (see _format_validation_error).
             raise ValueError("\n  ".join(problems))

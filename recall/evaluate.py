@@ -1,4 +1,4 @@
-"""Offline evaluation on a time split: every channel, the merge and two baselines, in one run.
+"""Offline evaluation on a time split: every channel, the merge, baselines and channel analysis, in one run.
 
 Train on events before the split time T, test on the next ``test_days``. A test
 user's targets are the items they engaged with in the test window (by default
@@ -9,22 +9,48 @@ least one target (users a channel cannot serve count as zeros):
 - HitRate@K = share of users with at least one hit;
 - NDCG@K with binary relevance;
 - Coverage@K = distinct items recommended in the top K / items in the training catalogue.
+
+Scored on the same split: every enabled channel, the merge under the configured
+quotas (``merged``, after the mechanism filters, and ``merged_unfiltered``), the
+merge under equal quotas (``merged_equal``, the untuned reference), and three
+baselines: global popularity, implicit's BM25 item-item and implicit's ALS
+(Hu, Koren and Volinsky's implicit-feedback matrix factorisation). The channel
+analysis of :mod:`recall.analysis` (overlap, unique hits, marginal gain, user and
+item segments, recall curves) is added to the same report; ``recall.report``
+renders it.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
+from recall import analysis as A
 from recall import schema as S
-from recall.config import Config, EvalConfig
 from recall.context import UIDX, TrainData
 from recall.errors import RecallError
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, merge_outputs, no_progress
+
+if TYPE_CHECKING:
+    from recall.config import Config, EvalConfig
+
+REPEAT = "repeat"
+MAIN_SEGMENTS = ("all", "warm")
+
+
+def segment_settings(cfg: Config) -> A.SegmentsConfig:
+    """``[eval.segments]``, or its defaults while the config model has no such section."""
+    return getattr(cfg.eval, "segments", None) or A.SegmentsConfig()
+
+
+def als_settings(cfg: Config) -> A.ALSConfig:
+    """``[eval.als]``, or its defaults while the config model has no such section."""
+    return getattr(cfg.eval, "als", None) or A.ALSConfig()
 
 
 def time_split(data: Dataset, cfg: EvalConfig) -> tuple[Dataset, pl.DataFrame, int]:
@@ -40,18 +66,29 @@ def time_split(data: Dataset, cfg: EvalConfig) -> tuple[Dataset, pl.DataFrame, i
     return Dataset(train, data.items, data.users, data.files), test, split
 
 
-def test_targets(train: TrainData, test: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
-    """(user_id, item_id) pairs the user engaged with in the test window."""
+def target_pairs(train: TrainData, test: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
+    """Every (user_id, item_id) engaged with in the test window, with ``repeat``: engaged in training too.
+
+    With ``max_users``, a seeded sample of the users with any target is kept.
+    """
     targets = test.filter(pl.col(S.BEHAVIOR).is_in(cfg.target_behaviors)).select(S.USER, S.ITEM).unique()
-    if cfg.exclude_seen_targets:
-        seen = train.engaged().select(S.USER, S.ITEM).unique()
-        targets = targets.join(seen, on=[S.USER, S.ITEM], how="anti")
+    seen = train.engaged().select(S.USER, S.ITEM).unique().with_columns(pl.lit(True).alias(REPEAT))
+    targets = (targets.join(seen, on=[S.USER, S.ITEM], how="left")
+               .with_columns(pl.col(REPEAT).fill_null(False)))
     if cfg.max_users is not None:
         users = targets.select(S.USER).unique().sort(S.USER)
         if users.height > cfg.max_users:
             users = users.sample(cfg.max_users, seed=train.seed)
             targets = targets.join(users, on=S.USER, how="semi")
     return targets.sort(S.USER, S.ITEM)
+
+
+def test_targets(train: TrainData, test: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
+    """(user_id, item_id) pairs the user engaged with in the test window (new items only by default)."""
+    pairs = target_pairs(train, test, cfg)
+    if cfg.exclude_seen_targets:
+        pairs = pairs.filter(~pl.col(REPEAT))
+    return pairs.select(S.USER, S.ITEM)
 
 
 def metrics(candidates: pl.DataFrame, targets: pl.DataFrame, ks: list[int], n_items: int) -> dict:
@@ -71,12 +108,26 @@ def metrics(candidates: pl.DataFrame, targets: pl.DataFrame, ks: list[int], n_it
         idcg = ideal_prefix[np.minimum(gains["n_targets"].to_numpy(), k) - 1]
         covered = candidates.filter(pl.col(S.RANK) <= k)[S.ITEM].n_unique()
         out[k] = {
-            "recall": float((gains["hits"] / gains["n_targets"]).sum() / n_users),
-            "hit_rate": gains.height / n_users,
-            "ndcg": float((gains["dcg"].to_numpy() / idcg).sum() / n_users),
+            "recall": float((gains["hits"] / gains["n_targets"]).sum() / n_users) if n_users else 0.0,
+            "hit_rate": gains.height / n_users if n_users else 0.0,
+            "ndcg": float((gains["dcg"].to_numpy() / idcg).sum() / n_users) if n_users else 0.0,
             "coverage": covered / max(n_items, 1),
         }
     return out
+
+
+def with_quotas(cfg: Config, quotas: dict[str, int]) -> Config:
+    """A copy of the config whose channels have these slot counts (replacing any ``share``)."""
+    channels = dict(cfg.channels)
+    for name, quota in quotas.items():
+        channels[name] = channels[name].model_copy(update={"quota": int(quota), "share": None})
+    return cfg.model_copy(update={"channels": channels})
+
+
+def merge_with_quotas(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData,
+                      quotas: dict[str, int]) -> pl.DataFrame:
+    """The real merge plus mechanism filters (:func:`recall.pipeline.merge_outputs`) under other quotas."""
+    return merge_outputs(with_quotas(cfg, quotas), candidates, train)[0]
 
 
 def popularity(train: TrainData, users: pl.Series, n: int) -> pl.DataFrame:
@@ -94,6 +145,17 @@ def popularity(train: TrainData, users: pl.Series, n: int) -> pl.DataFrame:
             .select(S.USER, S.ITEM, pl.col("n").cast(pl.Float64).alias(S.SCORE), S.RANK))
 
 
+def _implicit_frame(train: TrainData, idx: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
+    """implicit's (users x N) id and score arrays as a ranked candidate table (padding dropped)."""
+    valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
+    rows = np.repeat(idx, ids.shape[1]).reshape(ids.shape)
+    return pl.DataFrame({
+        S.USER: train.user_ids.gather(rows[valid]),
+        S.ITEM: train.item_ids.gather(ids[valid].astype(np.int64)),
+        S.SCORE: scores[valid].astype(np.float64),
+    }).with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(S.USER).alias(S.RANK))
+
+
 def implicit_bm25(train: TrainData, users: pl.Series, n: int, k1: float = 1.2, b: float = 0.75,
                   neighbours: int = 100) -> pl.DataFrame:
     """implicit's BM25 item-item recommender, the peer baseline, on the same training data."""
@@ -107,67 +169,169 @@ def implicit_bm25(train: TrainData, users: pl.Series, n: int, k1: float = 1.2, b
         warnings.simplefilter("ignore")
         model.fit(user_items, show_progress=False)
         ids, scores = model.recommend(idx, user_items[idx], N=n, filter_already_liked_items=True)
-    valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
-    rows = np.repeat(idx, ids.shape[1]).reshape(ids.shape)
-    rank = np.tile(np.arange(1, ids.shape[1] + 1), (ids.shape[0], 1))
-    return pl.DataFrame({
-        S.USER: train.user_ids.gather(rows[valid]),
-        S.ITEM: train.item_ids.gather(ids[valid].astype(np.int64)),
-        S.SCORE: scores[valid].astype(np.float64),
-        S.RANK: rank[valid].astype(np.int32),
-    }).filter(pl.col(S.SCORE) > 0).with_columns(
-        pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(S.USER).alias(S.RANK))
+    # BM25 gives unrelated items a zero score: those are padding, not recommendations.
+    positive = np.where(scores > 0, scores, -np.inf)
+    return _implicit_frame(train, idx, ids, positive)
+
+
+def implicit_als(train: TrainData, users: pl.Series, n: int, params: A.ALSConfig | None = None) -> pl.DataFrame:
+    """implicit's AlternatingLeastSquares (implicit-feedback matrix factorisation), seeded, liked items filtered."""
+    from implicit.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    params = params or A.ALSConfig()
+    user_items = train.interactions.astype(np.float32).tocsr()
+    idx = train.user_index(users)
+    idx = idx[idx >= 0]
+    # implicit runs its own threads; a multithreaded BLAS underneath only oversubscribes the cores
+    # (implicit warns about exactly this), so BLAS is pinned to one thread while it works.
+    with threadpool_limits(1, "blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AlternatingLeastSquares(factors=params.factors, iterations=params.iterations,
+                                        regularization=params.regularization, alpha=params.alpha,
+                                        random_state=train.seed, use_gpu=False)
+        model.fit(user_items, show_progress=False)
+        ids, scores = model.recommend(idx, user_items[idx], N=min(n, train.n_items),
+                                      filter_already_liked_items=True)
+    return _implicit_frame(train, idx, np.atleast_2d(ids), np.atleast_2d(scores))
+
+
+def _rows(name: str, kind: str, segment: str, values: dict, seconds: float) -> list[dict]:
+    return [{"name": name, "kind": kind, "segment": segment, "k": k, **v, "seconds": round(seconds, 2)}
+            for k, v in values.items()]
 
 
 def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
-    """Fit every enabled channel on the training window and score it, the merge and the baselines."""
+    """Fit every enabled channel on the training window; score it, the merges, the baselines; analyse.
+
+    Returns a JSON-ready dict: split facts, ``results`` (segments ``all`` and
+    ``warm``), ``segment_results`` (cold / light / heavy users, new / repeat
+    items), ``quotas``, ``slots``, ``analysis`` (overlap, unique hits, marginal
+    gain per K), ``curves`` (Recall@1..max K per name).
+    """
     ecfg = cfg.eval
+    ks = sorted(set(ecfg.ks))
     train_data, test, split = time_split(data, ecfg)
     train = TrainData.build(train_data, now=split, triggers=cfg.triggers, seed=cfg.seed)
-    targets = test_targets(train, test, ecfg)
+    pairs = target_pairs(train, test, ecfg)
+    targets = pairs.filter(~pl.col(REPEAT)) if ecfg.exclude_seen_targets else pairs
+    targets = targets.select(S.USER, S.ITEM)
     if targets.height == 0:
         raise RecallError("the test window has no target interactions; widen eval.test_days")
-    users = targets[S.USER].unique().sort()
+    # Candidates are needed for every user with a target, repeat targets included (the item segments).
+    user_frame = pairs.select(S.USER).unique().sort(S.USER)
+    users = user_frame[S.USER]
     n_items = train.engaged()[S.ITEM].n_unique()
-    depth = max(max(ecfg.ks), cfg.candidates_per_user)
+    depth = max(max(ks), cfg.candidates_per_user)
     names = cfg.enabled_channels()
     outputs = fit_channels(cfg, train, names, step, n=depth + cfg.filters.reserve)
+    # Merges and filters work user by user, so keeping only the test users changes no result.
+    candidates = {n: o.candidates.join(user_frame, on=S.USER, how="semi") for n, o in outputs.items()}
+
+    engaged_users = train.engaged().select(S.USER).unique()
+    by_user = A.user_segments(train.engaged().join(user_frame, on=S.USER, how="semi"), user_frame,
+                              segment_settings(cfg))
+    segments = {"all": targets, "warm": targets.join(engaged_users, on=S.USER, how="semi")}
+    for name in A.USER_SEGMENTS:
+        segments[name] = targets.join(by_user.filter(pl.col(A.SEGMENT) == name), on=S.USER, how="semi")
+    segments["new_items"] = pairs.filter(~pl.col(REPEAT)).select(S.USER, S.ITEM)
+    segments["repeat_items"] = pairs.filter(pl.col(REPEAT)).select(S.USER, S.ITEM)
     rows: list[dict] = []
+    segment_rows: list[dict] = []
+    scored: dict[str, pl.DataFrame] = {}
 
-    # "warm": test users with training history, the only ones history-based channels can serve.
-    warm_targets = targets.join(train.engaged().select(S.USER).unique(), on=S.USER, how="semi")
-    segments = {"all": targets, "warm": warm_targets}
-
-    def record(name: str, kind: str, candidates: pl.DataFrame, seconds: float) -> None:
+    def record(name: str, kind: str, frame: pl.DataFrame, seconds: float) -> None:
+        scored[name] = frame
         for segment, segment_targets in segments.items():
             if segment_targets.height == 0:
                 continue
-            for k, values in metrics(candidates, segment_targets, ecfg.ks, n_items).items():
-                rows.append({"name": name, "kind": kind, "segment": segment, "k": k, **values,
-                             "seconds": round(seconds, 2)})
+            out = rows if segment in MAIN_SEGMENTS else segment_rows
+            out += _rows(name, kind, segment, metrics(frame, segment_targets, ks, n_items), seconds)
 
     for name, output in outputs.items():
-        record(name, "channel", output.candidates, output.seconds)
+        record(name, "channel", candidates[name], output.seconds)
+    quotas = {n: q for n, q in cfg.quotas().items() if n in candidates}
+    equal = A.equal_quotas(names, cfg.candidates_per_user)
+    slots: dict[str, dict[str, float]] = {}
     if names:
         with step("merge and filter"):
             started = time.perf_counter()
-            merged, unfiltered, _ = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()}, train)
+            merged, unfiltered, _ = merge_outputs(cfg, candidates, train)
             seconds = time.perf_counter() - started
             record("merged", "merged", merged, seconds)
             record("merged_unfiltered", "merged", unfiltered, seconds)
-    for name, baseline in (("popularity", popularity), ("implicit_bm25", implicit_bm25)):
+        with step("merge with equal quotas"):
+            started = time.perf_counter()
+            merged_equal = merge_with_quotas(cfg, candidates, train, equal)
+            record("merged_equal", "merged", merged_equal, time.perf_counter() - started)
+        slots = {"merged": _slots(merged, names, users.len()), "merged_equal": _slots(merged_equal, names,
+                                                                                        users.len())}
+    baselines = [("popularity", popularity), ("implicit_bm25", implicit_bm25)]
+    als = als_settings(cfg)
+    if als.enabled:
+        baselines.append(("implicit_als", lambda t, u, n: implicit_als(t, u, n, als)))
+    for name, baseline in baselines:
         with step(f"baseline {name}"):
             started = time.perf_counter()
-            candidates = baseline(train, users, depth)
-            record(name, "baseline", candidates, time.perf_counter() - started)
-    cold = users.len() - warm_targets[S.USER].n_unique()
+            frame = baseline(train, users, depth)
+            record(name, "baseline", frame, time.perf_counter() - started)
+
+    with step("channel analysis"):
+        analysis = analyse(cfg, candidates, train, targets, ks, n_items, quotas)
+        if names:
+            # Is the configured (e.g. tuned) merge really better than equal quotas, or is it noise?
+            analysis["merged_vs_equal"] = {str(k): v for k, v in A.paired_difference(
+                scored["merged"], scored["merged_equal"], targets, ks).items()}
+    cold = targets[S.USER].n_unique() - segments["warm"][S.USER].n_unique()
     return {
+        "data": str(cfg.data.dir),
         "split_ts": split,
         "test_days": ecfg.test_days,
         "train_events": train.events.height,
-        "test_users": users.len(),
+        "test_users": targets[S.USER].n_unique(),
         "test_users_without_history": cold,
         "targets": targets.height,
         "catalogue_items": n_items,
+        "budget": cfg.candidates_per_user,
+        "ks": ks,
+        "channels": names,
+        "quotas": {"configured": quotas, "equal": equal},
+        "slots": slots,
         "results": rows,
+        "segment_users": {name: frame[S.USER].n_unique() for name, frame in segments.items()},
+        "segment_targets": {name: frame.height for name, frame in segments.items()},
+        "segment_results": segment_rows,
+        "analysis": analysis,
+        "curves": {name: A.recall_curve(frame, targets, max(ks)).round(6).tolist()
+                   for name, frame in scored.items()},
+    }
+
+
+def _slots(merged: pl.DataFrame, names: list[str], n_users: int) -> dict[str, float]:
+    """Average slots per test user that each channel's items took in a merged list (its ``source``)."""
+    counts = dict(merged.group_by("source").len().iter_rows())
+    return {name: round(counts.get(name, 0) / max(n_users, 1), 3) for name in names}
+
+
+def analyse(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData, targets: pl.DataFrame,
+            ks: list[int], n_items: int, quotas: dict[str, int]) -> dict:
+    """Overlap, unique hits and marginal gain at each K (see :mod:`recall.analysis`), JSON-ready."""
+    names = list(candidates)
+    if not names:
+        return {"channels": [], "overlap": {}, "unique_hits": {}, "marginal_gain": {}}
+    users = targets.select(S.USER).unique()
+    overlap, unique = {}, {}
+    for k in ks:
+        overlap[str(k)] = A.overlap_matrix(A.overlap(candidates, users, k), names)
+        frame = A.unique_hits(candidates, targets, k)
+        unique[str(k)] = {name: {"hits": hits, "unique_hits": uniq}
+                          for name, hits, uniq in frame.select(A.CHANNEL, "hits", "unique_hits").iter_rows()}
+    gains = A.marginal_gains(candidates, quotas,
+                             merge=lambda cands, q: merge_with_quotas(cfg, cands, train, q),
+                             score=lambda merged: metrics(merged, targets, ks, n_items))
+    return {
+        "channels": names,
+        "overlap": overlap,
+        "unique_hits": unique,
+        "marginal_gain": {name: {str(k): v for k, v in per_k.items()} for name, per_k in gains.items()},
     }

@@ -7,8 +7,10 @@ Everything past this module sees the fixed names of :mod:`recall.schema`:
 
 from __future__ import annotations
 
+import csv
 import difflib
 import logging
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -91,13 +93,29 @@ def read_table(path: Path) -> pl.DataFrame:
         # glob=False: a path is a file name, not a pattern ('data[1]/events.csv' must work).
         if path.suffix == ".parquet":
             return pl.read_parquet(path, glob=False)
-        return pl.read_csv(path, infer_schema_length=10_000, glob=False)
+        frame = pl.read_csv(path, infer_schema_length=10_000, glob=False)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RecallError(
             f"cannot read '{path}' ({first_line}); check that it is a valid "
             f"{path.suffix[1:]} file, e.g. re-export it"
         ) from exc
+    _reject_repeated_header(path, frame)
+    return frame
+
+
+def _reject_repeated_header(path: Path, frame: pl.DataFrame) -> None:
+    """A CSV header naming a column twice is ambiguous; polars would silently rename the second copy."""
+    if not any("_duplicated_" in name for name in frame.columns):
+        return
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle), [])
+    repeated = sorted(name for name, count in Counter(header).items() if count > 1)
+    if repeated:
+        raise RecallError(
+            f"'{path}' names the column(s) {', '.join(repr(c) for c in repeated)} more than once in its "
+            "header; keep one of each (which copy is right cannot be guessed)"
+        )
 
 
 def _require_columns(df: pl.DataFrame, required: tuple[str, ...], path: Path) -> None:
@@ -125,14 +143,24 @@ def _reject_all_null(df: pl.DataFrame, column: str, path: Path) -> None:
         )
 
 
+def _check_int64_range(df: pl.DataFrame, column: str, path: Path) -> None:
+    """Integer ids past the Int64 range: UInt64 from Parquet, Int128 from CSV (polars infers it past 2^63)."""
+    low, high = df[column].min(), df[column].max()
+    if high is not None and high > 2**63 - 1:
+        raise RecallError(
+            f"column '{column}' in '{path}' holds ids above 2^63-1 (e.g. {high}); store them as strings"
+        )
+    if low is not None and low < -(2**63):
+        raise RecallError(
+            f"column '{column}' in '{path}' holds ids below -2^63 (e.g. {low}); store them as strings"
+        )
+
+
 def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
     _reject_all_null(df, column, path)
     dtype = df.schema[column]
     if dtype.is_integer():
-        if dtype == pl.UInt64 and df[column].max() is not None and df[column].max() > 2**63 - 1:
-            raise RecallError(
-                f"column '{column}' in '{path}' holds ids above 2^63-1; store them as strings"
-            )
+        _check_int64_range(df, column, path)
         df = df.with_columns(pl.col(column).cast(pl.Int64))
     elif dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
         df = df.with_columns(pl.col(column).cast(pl.String))
@@ -257,6 +285,7 @@ def normalise_items(df: pl.DataFrame, path: Path) -> pl.DataFrame:
         if side in df.columns:
             dtype = df.schema[side]
             if dtype.is_integer():
+                _check_int64_range(df, side, path)
                 df = df.with_columns(pl.col(side).cast(pl.Int64))
             elif dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
                 df = df.with_columns(pl.col(side).cast(pl.String))

@@ -1,12 +1,22 @@
-"""The jobs behind the CLI: build channels, merge them, publish the run."""
+"""The jobs behind the CLI: build channels, merge them, publish the run.
+
+Each job holds the output root's lock from start to end (see :mod:`recall.publish`),
+so two jobs on one root never interleave; ``output.on_lock`` says whether the
+second fails at once or waits. A channel listed in ``run.optional_channels`` may
+fail without failing the run: the failure is logged as an error and recorded in
+the manifest (``failures``, ``status = "degraded"``), and the run is published
+from the channels that worked.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import platform
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,9 +31,11 @@ from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset, check_id_types, load_dataset
 from recall.filters import apply_filters
+from recall.logs import event
 from recall.merge import merge_channels
-from recall.publish import publish, resolve_run
+from recall.publish import OutputLock, fault_point, output_lock, publish, resolve_run
 
+log = logging.getLogger("recall")
 Step = Callable[[str], contextlib.AbstractContextManager]
 LIBRARIES = ("recall", "polars", "numpy", "scipy", "implicit", "pyarrow", "pydantic")
 
@@ -59,6 +71,7 @@ def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutp
     channel = get_channel(name)(params)
     started = time.perf_counter()
     channel.fit(train)
+    fault_point(f"channel:{name}")
     candidates = channel.recommend(train, n)
     i2i = channel.similar_items(train)
     extra = channel.extra_tables(train)
@@ -75,6 +88,43 @@ def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step
     return outputs
 
 
+def fit_run_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress
+                     ) -> tuple[dict[str, ChannelOutput], list[dict]]:
+    """Fit channels for a run; a failure of a channel in ``run.optional_channels`` is recorded, not raised.
+
+    Returns the outputs of the channels that worked and one record per failure
+    (``part``, ``error_type``, ``message``, ``traceback``) for the manifest.
+    """
+    optional = set(cfg.run.optional_channels)
+    outputs, failures = {}, []
+    for name in names:
+        try:
+            outputs.update(fit_channels(cfg, train, [name], step))
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional part is tolerated
+            if name not in optional:
+                raise
+            failure = {"part": f"channel:{name}", "error_type": type(exc).__name__,
+                       "message": str(exc), "traceback": traceback.format_exc()}
+            failures.append(failure)
+            event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
+                  "the run is published without it", level=logging.ERROR,
+                  channel=name, error_type=failure["error_type"], error=failure["message"])
+    if not outputs:
+        raise RecallError("every enabled channel failed: " + "; ".join(
+            f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+    return outputs, failures
+
+
+def locked(cfg: Config) -> contextlib.AbstractContextManager[OutputLock]:
+    """The output root's lock, taken as ``output.on_lock`` and ``output.lock_timeout_seconds`` say."""
+    return output_lock(cfg.output.root, cfg.output.on_lock, cfg.output.lock_timeout_seconds)
+
+
+def _publish(cfg: Config, lock: OutputLock, run_date: str, incremental: bool = False):
+    return publish(cfg.output.root, run_date, incremental=incremental, keep_runs=cfg.output.keep_runs,
+                   grace_seconds=cfg.output.superseded_grace_seconds, lock=lock)
+
+
 def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData
                   ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """Merge under quotas with a reserve, then apply the mechanism filters down to the budget.
@@ -87,6 +137,7 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
     budget = cfg.candidates_per_user
     merged = merge_channels(candidates, {n: quotas[n] for n in candidates}, budget + cfg.filters.reserve,
                             strict=strict, backfill=cfg.merge.backfill)
+    fault_point("merge")
     filtered, removed = apply_filters(merged, train, cfg.filters, budget)
     return filtered, merged.filter(pl.col(S.RANK) <= budget), removed
 
@@ -116,7 +167,11 @@ def _record_channel(pub, output: ChannelOutput) -> None:
     pub.manifest.setdefault("timings_seconds", {})[f"channel.{output.name}"] = round(output.seconds, 3)
 
 
-def _stamp_manifest(pub, cfg: Config, data: Dataset | None) -> None:
+def _stamp_manifest(pub, cfg: Config, data: Dataset | None, failures: list[dict] | None = None) -> None:
+    """Config, inputs, versions; and for a full run the failures of optional parts and the status."""
+    if failures is not None:
+        pub.manifest["failures"] = failures
+        pub.manifest["status"] = "degraded" if failures else "complete"
     pub.manifest.update({
         "run_date": pub.run_date,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -133,70 +188,79 @@ def run(cfg: Config, step: Step = no_progress) -> dict:
     names = cfg.enabled_channels()
     if not names:
         raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
-    with step("load data"):
-        data = load_data(cfg)
-        train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
-    run_date = cfg.output.run_date or default_run_date(data)
-    outputs = fit_channels(cfg, train, names, step)
-    with step("merge and filter"):
-        started = time.perf_counter()
-        merged, _, removed = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()}, train)
-        merge_seconds = time.perf_counter() - started
-    with step("publish"), publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs) as pub:
-        for output in outputs.values():
-            _record_channel(pub, output)
-        pub.write_table("candidates.parquet", merged)
-        pub.manifest.setdefault("timings_seconds", {})["merge_and_filter"] = round(merge_seconds, 3)
-        pub.manifest["filters_removed"] = removed
-        _stamp_manifest(pub, cfg, data)
-    return summary(cfg, pub, outputs, merged)
+    with locked(cfg) as lock:
+        fault_point("lock:acquired")
+        with step("load data"):
+            data = load_data(cfg)
+            train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
+        run_date = cfg.output.run_date or default_run_date(data)
+        outputs, failures = fit_run_channels(cfg, train, names, step)
+        with step("merge and filter"):
+            started = time.perf_counter()
+            merged, _, removed = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()}, train)
+            merge_seconds = time.perf_counter() - started
+        with step("publish"), _publish(cfg, lock, run_date) as pub:
+            for output in outputs.values():
+                _record_channel(pub, output)
+            pub.write_table("candidates.parquet", merged)
+            pub.manifest.setdefault("timings_seconds", {})["merge_and_filter"] = round(merge_seconds, 3)
+            pub.manifest["filters_removed"] = removed
+            _stamp_manifest(pub, cfg, data, failures)
+    return summary(cfg, pub, outputs, merged, failures)
 
 
 def build(cfg: Config, name: str, step: Step = no_progress) -> dict:
     """Fit one channel and publish its tables into the run date, keeping the other tables."""
     get_channel(name)
-    with step("load data"):
-        data = load_data(cfg)
-        train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
-    run_date = cfg.output.run_date or default_run_date(data)
-    outputs = fit_channels(cfg, train, [name], step)
-    with step("publish"), publish(cfg.output.root, run_date, incremental=True,
-                                  keep_runs=cfg.output.keep_runs) as pub:
-        _record_channel(pub, outputs[name])
-        _stamp_manifest(pub, cfg, data)
+    with locked(cfg) as lock:
+        fault_point("lock:acquired")
+        with step("load data"):
+            data = load_data(cfg)
+            train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
+        run_date = cfg.output.run_date or default_run_date(data)
+        outputs = fit_channels(cfg, train, [name], step)
+        with step("publish"), _publish(cfg, lock, run_date, incremental=True) as pub:
+            _record_channel(pub, outputs[name])
+            _stamp_manifest(pub, cfg, data)
     return summary(cfg, pub, outputs, None)
 
 
 def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_progress) -> dict:
     """Merge the channel tables already published for a run date and publish the candidates."""
-    run_dir = resolve_run(cfg.output.root, run_date or cfg.output.run_date or None)
-    names = [n for n in cfg.enabled_channels() if (run_dir / "channels" / f"{n}.parquet").exists()]
-    if not names:
-        raise RecallError(f"no channel tables of enabled channels in '{run_dir}/channels'; "
-                          "run 'recall build CHANNEL' first")
-    with step("load data"):
-        data = load_data(cfg)  # the purchase filter needs the event history
-        train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
-    with step("merge and filter"):
-        candidates = {n: pl.read_parquet(run_dir / "channels" / f"{n}.parquet") for n in names}
-        merged, _, removed = merge_outputs(cfg, candidates, train)
-    with step("publish"), publish(cfg.output.root, run_dir.resolve().name.split(".")[0], incremental=True,
-                                  keep_runs=cfg.output.keep_runs) as pub:
-        pub.write_table("candidates.parquet", merged)
-        pub.manifest["filters_removed"] = removed
-        _stamp_manifest(pub, cfg, data)
+    with locked(cfg) as lock:
+        fault_point("lock:acquired")
+        run_dir = resolve_run(cfg.output.root, run_date or cfg.output.run_date or None)
+        names = [n for n in cfg.enabled_channels() if (run_dir / "channels" / f"{n}.parquet").exists()]
+        if not names:
+            raise RecallError(f"no channel tables of enabled channels in '{run_dir}/channels'; "
+                              "run 'recall build CHANNEL' first")
+        with step("load data"):
+            data = load_data(cfg)  # the purchase filter needs the event history
+            train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
+        with step("merge and filter"):
+            candidates = {n: pl.read_parquet(run_dir / "channels" / f"{n}.parquet") for n in names}
+            merged, _, removed = merge_outputs(cfg, candidates, train)
+        with step("publish"), _publish(cfg, lock, run_dir.name.split(".")[0], incremental=True) as pub:
+            pub.write_table("candidates.parquet", merged)
+            pub.manifest["filters_removed"] = removed
+            _stamp_manifest(pub, cfg, data)
     return summary(cfg, pub, {}, merged)
 
 
-def summary(cfg: Config, pub, outputs: dict[str, ChannelOutput], merged: pl.DataFrame | None) -> dict:
+def summary(cfg: Config, pub, outputs: dict[str, ChannelOutput], merged: pl.DataFrame | None,
+            failures: list[dict] | None = None) -> dict:
     """What the CLI prints: per-channel rows, users, seconds, and where the tables are."""
     channels = {}
     for name, out in outputs.items():
         channels[name] = {"rows": out.candidates.height, "users": out.candidates[S.USER].n_unique(),
                           "i2i_rows": None if out.i2i is None else out.i2i.height,
                           "seconds": round(out.seconds, 2)}
-    result = {"run_date": pub.run_date, "published": str(pub.root / pub.run_date), "channels": channels}
+    result = {"run_date": pub.run_date, "published": str(pub.root / pub.run_date), "channels": channels,
+              "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in failures or []]}
     if merged is not None:
         result["candidates"] = {"rows": merged.height, "users": merged[S.USER].n_unique(),
                                 "by_source": dict(merged.group_by("source").len().sort("source").iter_rows())}
+    event(log, "run.published", f"run {pub.run_date} published under {result['published']}",
+          run_date=pub.run_date, path=result["published"], version=pub.stage.name,
+          rows=result.get("candidates", {}).get("rows"), failed=[f["part"] for f in result["failures"]])
     return result

@@ -1,17 +1,22 @@
-"""Metrics against a brute-force oracle, and the time split."""
+"""Metrics against a brute-force oracle, the time split, the targets, the ALS baseline and the full report."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
 
-from recall.config import EvalConfig
+from recall import analysis as A
+from recall.config import Config, EvalConfig
+from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import metrics, time_split
-from recall.io import Dataset
+from recall.evaluate import evaluate, implicit_als, metrics, target_pairs, time_split, with_quotas
+from recall.evaluate import test_targets as targets_of  # aliased, or pytest would collect it as a test
+from recall.io import Dataset, normalise_events
 from tests.conftest import random_log
 
 
@@ -63,3 +68,111 @@ def test_split_outside_the_log_is_a_clear_error():
     events = random_log(3)
     with pytest.raises(RecallError, match="empty"):
         time_split(Dataset(events), EvalConfig(split_ts=1))
+
+
+# --- target pairs, baselines, the full report -----------------------------------------------------------
+
+
+def test_target_pairs_flag_repeats_and_test_targets_drop_them():
+    events = random_log(4, n_events=600, n_users=10, n_items=12, days=10)
+    train_data, test, split = time_split(Dataset(events), EvalConfig(test_days=3))
+    train = TrainData.build(train_data, now=split)
+    cfg = EvalConfig(test_days=3)
+    pairs = target_pairs(train, test, cfg)
+    engaged = {(u, i) for u, i, b in train_data.events.select("user_id", "item_id", "behavior").iter_rows()
+               if b != "impression"}
+    wanted = {(u, i) for u, i, b in test.select("user_id", "item_id", "behavior").iter_rows() if b != "impression"}
+    assert {(u, i): r for u, i, r in pairs.iter_rows()} == {p: p in engaged for p in wanted}
+    assert set(targets_of(train, test, cfg).iter_rows()) == wanted - engaged
+    keep = EvalConfig(test_days=3, exclude_seen_targets=False)
+    assert set(targets_of(train, test, keep).iter_rows()) == wanted
+
+
+def block_log(n_users: int = 60, n_items: int = 30) -> Dataset:
+    """Two communities: even users engage only with items 0..14, odd users only with items 15..29."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(n_users):
+        block = (u % 2) * (n_items // 2)
+        for i in rng.choice(n_items // 2, 6, replace=False):
+            rows.append((u, int(block + i), "click", 1_700_000_000 + int(rng.integers(0, 86400))))
+    frame = pl.DataFrame(rows, schema={"user_id": pl.Int64, "item_id": pl.Int64, "behavior": pl.String,
+                                       "ts": pl.Int64}, orient="row")
+    return Dataset(normalise_events(frame, Path("<blocks>")))
+
+
+def test_als_recommends_within_the_planted_community_and_never_a_liked_item():
+    train = TrainData.build(block_log(), seed=5)
+    users = train.user_ids
+    params = A.ALSConfig(factors=8, iterations=20, regularization=0.01)
+    recs = implicit_als(train, users, 3, params)
+    assert recs.columns == ["user_id", "item_id", "score", "rank"]
+    assert recs.group_by("user_id").len()["len"].max() == 3
+    own_block = recs.with_columns(ok=(pl.col("user_id") % 2) == (pl.col("item_id") >= 15))
+    assert own_block["ok"].all()
+    seen = train.engaged().select("user_id", "item_id").unique()
+    assert recs.join(seen, on=["user_id", "item_id"], how="semi").height == 0
+    again = implicit_als(train, users, 3, params)
+    assert again.equals(recs)  # seeded
+
+
+def small_config(**extra) -> Config:
+    return Config.model_validate({
+        "candidates_per_user": 8,
+        "channels": {"itemcf": {"quota": 4}, "usercf": {"quota": 3},
+                     "crowd": {"quota": 1, "min_support": 1, "min_users": 1, "attributes": ["gender"]}},
+        "filters": {"reserve": 2},
+        "eval": {"test_days": 2.0, "ks": [2, 5, 8]}, **extra})
+
+
+@pytest.fixture(scope="module")
+def small_report() -> dict:
+    rng = np.random.default_rng(3)
+    events = random_log(5, n_events=1500, n_users=40, n_items=30, days=10)
+    users = pl.DataFrame({"user_id": np.arange(45), "gender": rng.choice(["F", "M"], 45)})
+    items = pl.DataFrame({"item_id": np.arange(30) * 10, "category_id": rng.integers(0, 3, 30)})
+    return evaluate(small_config(), Dataset(events, items, users))
+
+
+def test_report_has_every_part(small_report):
+    report = small_report
+    names = {r["name"] for r in report["results"]}
+    assert {"itemcf", "usercf", "crowd", "merged", "merged_equal", "merged_unfiltered", "popularity",
+            "implicit_bm25", "implicit_als"} <= names
+    assert report["quotas"] == {"configured": {"itemcf": 4, "usercf": 3, "crowd": 1},
+                                "equal": {"itemcf": 3, "usercf": 3, "crowd": 2}}
+    segments = report["segment_users"]
+    assert segments["cold"] + segments["light"] + segments["heavy"] == segments["all"] == report["test_users"]
+    assert segments["light"] + segments["heavy"] == segments["warm"]
+    assert {r["segment"] for r in report["segment_results"]} <= set(A.USER_SEGMENTS + A.ITEM_SEGMENTS)
+    analysis = report["analysis"]
+    assert set(analysis["overlap"]) == {"2", "5", "8"} and len(analysis["overlap"]["5"]) == 3
+    assert set(analysis["marginal_gain"]) == {"itemcf", "usercf", "crowd"}
+    assert set(analysis["merged_vs_equal"]) == {"2", "5", "8"}
+    json.dumps(report)  # JSON-ready
+
+
+def test_curves_agree_with_the_metric_rows(small_report):
+    for row in small_report["results"]:
+        if row["segment"] == "all":
+            assert small_report["curves"][row["name"]][row["k"] - 1] == pytest.approx(row["recall"], abs=1e-6)
+
+
+def test_repeat_items_are_scored_even_when_excluded_from_the_main_targets(small_report):
+    repeat = [r for r in small_report["segment_results"] if r["segment"] == "repeat_items"]
+    assert small_report["segment_users"]["repeat_items"] > 0 and repeat
+    # Channels that exclude what the user engaged with can never hit a repeat item.
+    assert all(r["recall"] == 0 for r in repeat if r["name"] in ("itemcf", "usercf"))
+
+
+def test_merged_equal_is_the_merge_under_equal_quotas(small_report):
+    rows = {(r["name"], r["k"]): r["recall"] for r in small_report["results"] if r["segment"] == "all"}
+    equal_cfg = with_quotas(small_config(), {"itemcf": 3, "usercf": 3, "crowd": 2})
+    rng = np.random.default_rng(3)
+    events = random_log(5, n_events=1500, n_users=40, n_items=30, days=10)
+    users = pl.DataFrame({"user_id": np.arange(45), "gender": rng.choice(["F", "M"], 45)})
+    items = pl.DataFrame({"item_id": np.arange(30) * 10, "category_id": rng.integers(0, 3, 30)})
+    again = evaluate(equal_cfg, Dataset(events, items, users))
+    for r in again["results"]:
+        if r["segment"] == "all" and r["name"] == "merged":
+            assert rows[("merged_equal", r["k"])] == pytest.approx(r["recall"])

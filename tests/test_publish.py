@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
+import threading
+import time
 
 import polars as pl
 import pytest
 
 from recall.errors import RecallError
-from recall.publish import LATEST, SUCCESS, output_lock, publish, published_runs, resolve_run
+from recall.publish import (FAULT_ENV, LATEST, SUCCESS, SUPERSEDED, fault_point, lock_holder, output_lock, publish,
+                            published_runs, resolve_run, write_parquet_atomic)
 
 
 def table(value: int) -> pl.DataFrame:
@@ -96,3 +101,127 @@ def test_unwritable_output_root_is_a_clear_error(tmp_path):
     with pytest.raises(RecallError, match="output"):
         with publish(blocker / "out", "2024-01-02"):
             pass
+
+
+# ---------------------------------------------------------------- readers, locks, write failures (issue 7)
+
+def test_superseded_version_stays_readable_for_the_grace_period(tmp_path):
+    """A ranker that resolved the date before a re-run keeps reading a complete, unchanged version."""
+    with publish(tmp_path, "2024-01-02") as pub:
+        pub.write_table("candidates.parquet", table(1))
+        pub.write_table("channels/a.parquet", table(1))
+    reader = resolve_run(tmp_path, "2024-01-02")
+    assert reader == (tmp_path / "2024-01-02").resolve() and reader.parent.name == ".runs"
+    with publish(tmp_path, "2024-01-02", grace_seconds=600) as pub:
+        pub.write_table("candidates.parquet", table(2))
+    assert pl.read_parquet(reader / "candidates.parquet")["x"][0] == 1
+    assert pl.read_parquet(reader / "channels" / "a.parquet")["x"][0] == 1
+    assert (reader / SUPERSEDED).exists()
+    with publish(tmp_path, "2024-01-03", grace_seconds=600) as pub:
+        pub.write_table("candidates.parquet", table(3))
+    assert reader.exists(), "kept while younger than the grace period"
+    with publish(tmp_path, "2024-01-04", grace_seconds=0) as pub:
+        pub.write_table("candidates.parquet", table(4))
+    assert not reader.exists(), "removed once the grace period is over"
+    assert published_runs(tmp_path) == ["2024-01-02", "2024-01-03", "2024-01-04"]
+
+
+def test_wait_mode_times_out_naming_the_holder(tmp_path):
+    with output_lock(tmp_path):
+        started = time.monotonic()
+        with pytest.raises(RecallError, match=r"gave up after waiting 0.2 s") as info:
+            with output_lock(tmp_path, "wait", timeout_seconds=0.2, poll_seconds=0.02):
+                pass
+        assert time.monotonic() - started >= 0.2
+    assert f"pid {os.getpid()}" in str(info.value) and str(tmp_path) in str(info.value)
+    assert lock_holder(tmp_path).startswith(f"pid {os.getpid()} on ")
+
+
+def test_wait_mode_gets_the_lock_when_the_holder_releases_it(tmp_path):
+    held, order = threading.Event(), []
+
+    def holder():
+        with output_lock(tmp_path):
+            held.set()
+            time.sleep(0.3)
+            order.append("holder done")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    held.wait()
+    with output_lock(tmp_path, "wait", timeout_seconds=30, poll_seconds=0.02):
+        order.append("waiter in")
+    thread.join()
+    assert order == ["holder done", "waiter in"]
+
+
+def test_fail_mode_message_names_the_holder(tmp_path):
+    with output_lock(tmp_path):
+        with pytest.raises(RecallError, match=f"pid {os.getpid()} on .* is writing to '{tmp_path}'"):
+            with output_lock(tmp_path, "fail"):
+                pass
+
+
+def test_stale_temporary_link_from_a_killed_writer_is_removed(tmp_path):
+    with publish(tmp_path, "2024-01-02") as pub:
+        pub.write_table("candidates.parquet", table(1))
+    os.symlink("2024-01-02", tmp_path / ".latest.99999.link")  # died between symlink() and rename()
+    with publish(tmp_path, "2024-01-03") as pub:
+        pub.write_table("candidates.parquet", table(3))
+    assert not (tmp_path / ".latest.99999.link").is_symlink()
+
+
+@pytest.mark.parametrize("name", ["2024-01-02", "latest"])
+def test_real_folder_where_a_link_belongs_is_refused_before_any_work(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(RecallError, match="not a published-run link"):
+        with publish(tmp_path, "2024-01-02"):
+            pytest.fail("the block must not run")
+    assert not (tmp_path / ".runs").exists() or not any((tmp_path / ".runs").iterdir())
+
+
+@pytest.mark.parametrize("code,message", [(errno.ENOSPC, "no space left under"),
+                                          (errno.EACCES, "is not writable"),
+                                          (errno.EIO, "failed (Input/output error)")])
+def test_write_failures_become_clear_errors_and_leave_the_previous_run(tmp_path, code, message):
+    with publish(tmp_path, "2024-01-02") as pub:
+        pub.write_table("candidates.parquet", table(1))
+    with pytest.raises(RecallError, match=re.escape(message)):
+        with publish(tmp_path, "2024-01-02") as pub:
+            pub.write_table("channels/a.parquet", table(2))
+            raise OSError(code, os.strerror(code))
+    assert pl.read_parquet(resolve_run(tmp_path) / "candidates.parquet")["x"][0] == 1
+    assert len(list((tmp_path / ".runs").iterdir())) == 1
+
+
+def test_polars_io_errors_are_raised_as_os_errors(tmp_path, monkeypatch):
+    """polars wraps ENOSPC in a ComputeError; publishing needs the OSError to explain it."""
+    def full(self, path, *args, **kwargs):
+        raise pl.exceptions.ComputeError("parquet: underlying IO error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", full)
+    with pytest.raises(OSError) as info:
+        write_parquet_atomic(table(1), tmp_path / "t.parquet")
+    assert info.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == [], "no temporary file left"
+
+    def broken(self, path, *args, **kwargs):
+        raise pl.exceptions.ComputeError("a real bug")
+
+    monkeypatch.setattr(pl.DataFrame, "write_parquet", broken)
+    with pytest.raises(pl.exceptions.ComputeError, match="a real bug"):
+        write_parquet_atomic(table(1), tmp_path / "t.parquet")
+
+
+def test_fault_point_hook(monkeypatch):
+    fault_point("merge")  # unset: nothing happens
+    monkeypatch.setenv(FAULT_ENV, "channel:itemcf:raise, publish:write:enospc,merge:sleep=0.01")
+    with pytest.raises(RuntimeError, match="fault injected at channel:itemcf"):
+        fault_point("channel:itemcf")
+    with pytest.raises(OSError) as info:
+        fault_point("publish:write")
+    assert info.value.errno == errno.ENOSPC
+    started = time.monotonic()
+    fault_point("merge")
+    assert time.monotonic() - started >= 0.01
+    fault_point("channel:retarget")  # not named: nothing happens

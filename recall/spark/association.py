@@ -1,0 +1,85 @@
+"""Association recall on Spark: the directed, distance-weighted sequence co-occurrence of
+:mod:`recall.channels.association`.
+
+Each user's engaged events in (time, item) order are cut into sessions (a gap of
+more than ``session_gap_hours`` between consecutive raw events), consecutive
+repeats of one item inside a session collapse to one position, and users with
+more than ``max_sequence_length`` positions are dropped. For each offset
+``d = 1..window`` the positions ``p`` and ``p + d`` of one session are an
+equi-join on ``(user, position + d)``, so the work is ``window`` x positions, not
+the square of a sequence's length. Pair ``(s_p, s_q)`` adds
+``w(u) * base^(d - 1) * forward_weight`` to a(s_p, s_q) and ``... * backward_weight``
+to a(s_q, s_p); sums are :func:`recall.spark.ops.exact_sum`.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recall import schema as S
+from recall.channels.association import AssociationParams
+from recall.spark.data import SparkData
+from recall.spark.itemcf import finish_table
+from recall.spark.ops import exact_sum, lookup
+
+
+def sequences(data: SparkData, p: AssociationParams) -> DataFrame:
+    """``user_id, pos, session, item_id, _w``: the collapsed sequences, one row per position."""
+    events = data.events.filter(F.col(S.BEHAVIOR).isin(list(p.behaviors)))
+    if p.window_days is not None:
+        events = events.filter(F.col(S.TS) >= F.lit(data.now - p.window_days * 86400))
+    order = Window.partitionBy(S.USER).orderBy(S.TS, S.ITEM)
+    previous_ts, previous_item = F.lag(S.TS).over(order), F.lag(S.ITEM).over(order)
+    start = previous_ts.isNull()
+    if p.session_gap_hours is not None:
+        # Measured between raw events, before collapsing (as the local engine does).
+        start = start | ((F.col(S.TS) - previous_ts) > F.lit(p.session_gap_hours * 3600))
+    marked = events.select(S.USER, S.ITEM, S.TS, start.alias("_start"), previous_item.alias("_prev"))
+    marked = marked.withColumn("session", F.sum(F.col("_start").cast("long")).over(
+        order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
+    kept = marked.filter(F.col("_start") | (F.col(S.ITEM) != F.col("_prev")))
+    kept = (kept.withColumn("pos", F.row_number().over(order))
+            .withColumn("_len", F.count(F.lit(1)).over(Window.partitionBy(S.USER)))
+            .filter(F.col("_len") <= p.max_sequence_length))
+    weight = F.lit(1.0) / F.log1p(F.col("_len").cast("double")) if p.length_normalize else F.lit(1.0)
+    return kept.select(S.USER, "pos", "session", S.ITEM, weight.alias("_w"))
+
+
+def association_scores(data: SparkData, p: AssociationParams) -> DataFrame:
+    """``item_id, neighbor_id, score``: a(i, j), popularity-normalised if asked, untruncated."""
+    seq = sequences(data, p)
+    offsets = data.spark.range(1, p.window + 1).select(F.col("id").cast("int").alias("_d"))
+    first = seq.crossJoin(F.broadcast(offsets)).select(
+        S.USER, (F.col("pos") + F.col("_d")).alias("pos"), F.col("session").alias("_s1"),
+        F.col(S.ITEM).alias("_i1"), "_w", "_d")
+    pairs = (first.join(seq.select(S.USER, "pos", F.col("session").alias("_s2"), F.col(S.ITEM).alias("_i2")),
+                        [S.USER, "pos"])
+             .filter((F.col("_s1") == F.col("_s2")) & (F.col("_i1") != F.col("_i2"))))
+    base = pairs.select("_i1", "_i2", (F.col("_w") * lookup(
+        [p.distance_base ** (d - 1) for d in range(1, p.window + 1)], F.col("_d") - 1)).alias("_t"))
+    directed = []
+    if p.forward_weight > 0:
+        directed.append(base.select(F.col("_i1").alias(S.ITEM), F.col("_i2").alias(S.NEIGHBOR),
+                                    (F.col("_t") * F.lit(p.forward_weight)).alias("_t")))
+    if p.backward_weight > 0:
+        directed.append(base.select(F.col("_i2").alias(S.ITEM), F.col("_i1").alias(S.NEIGHBOR),
+                                    (F.col("_t") * F.lit(p.backward_weight)).alias("_t")))
+    terms = directed[0] if len(directed) == 1 else directed[0].unionByName(directed[1])
+    scores = terms.groupBy(S.ITEM, S.NEIGHBOR).agg(exact_sum("_t").alias(S.SCORE))
+    if p.popularity_normalize:
+        popularity = seq.select(S.USER, S.ITEM).distinct().groupBy(S.ITEM).agg(
+            F.count(F.lit(1)).cast("double").alias("_n"))
+        n_i = popularity.select(S.ITEM, F.pow(F.col("_n"), F.lit(p.alpha)).alias("_pi"))
+        n_j = popularity.select(F.col(S.ITEM).alias(S.NEIGHBOR), F.pow(F.col("_n"), F.lit(1.0 - p.alpha)).alias("_pj"))
+        scores = (scores.join(n_i, S.ITEM).join(n_j, S.NEIGHBOR)
+                  .select(S.ITEM, S.NEIGHBOR, (F.col(S.SCORE) / (F.col("_pi") * F.col("_pj"))).alias(S.SCORE)))
+    return scores
+
+
+def association_table(data: SparkData, p: AssociationParams) -> DataFrame:
+    """The association i2i table ``item_id, neighbor_id, score, rank``."""
+    return finish_table(association_scores(data, p), p.top_k, p.normalize)
+
+
+__all__ = ["association_scores", "association_table", "sequences"]

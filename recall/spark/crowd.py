@@ -1,0 +1,196 @@
+"""Crowd hot lists on Spark: :mod:`recall.channels.crowd` as aggregations over crowd keys.
+
+Crowds are the prefixes of ``attributes`` (``gender=F,age_band=25-34`` ...; a
+missing value ends a user's chain). Per crowd and item, over the window: clicks
+and impressions; the score is the smoothed CTR (the global level with a Beta prior
+fitted to the items' counts -- a catalogue-sized table, fitted on the driver by
+:func:`recall.ctr.fit_beta_prior` -- each finer level shrunk towards its parent's
+score) or the click share. Supported crowds (``min_support`` clicks by ``min_users``
+users; global always) keep their ``top_k`` items. Every known user gets the list of
+the finest supported crowd they belong to, back-filled from the coarser ones,
+minus engaged items, with a running minimum on the scores.
+
+The hot lists (crowds x top_k rows) are small and are brought to the driver for
+the per-crowd files; everything per user stays in Spark.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recall import schema as S
+from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name
+from recall.errors import RecallError
+from recall.spark.data import SparkData
+from recall.spark.ops import long_table
+
+log = logging.getLogger("recall")
+LEVEL = "level"
+
+
+@dataclass
+class CrowdTables:
+    """What the crowd channel publishes: candidates, and the hot lists as ``crowd, item_id, score, rank``."""
+
+    candidates: DataFrame
+    lists: DataFrame  # crowd, level, item_id, score, rank (supported crowds only)
+    extra: dict[str, object]  # relative path -> polars frame of one crowd list (small)
+
+
+def usable_attributes(data: SparkData, p: CrowdParams, name: str) -> list[str]:
+    wanted = p.attributes
+    if not wanted:
+        return []
+    if data.users is None:
+        log.warning("%s: no users table, so no crowds from %s; serving the global hot list "
+                    "(add users.parquet to the data folder, or set channels.%s.attributes = [])",
+                    name, ", ".join(wanted), name)
+        return []
+    usable = [a for a in wanted if a in data.users.columns]
+    if not usable:
+        others = [c for c in data.users.columns if c != S.USER]
+        raise RecallError(
+            f"the users table has none of channels.{name}.attributes ({', '.join(wanted)}); "
+            f"its columns are {', '.join(others) or 'none besides user_id'}: list some of them, "
+            f"or set attributes = [] for the global hot list only")
+    return usable
+
+
+def crowd_key(attributes: list[str]):
+    """``attr=value,...`` over ``attributes``; null if any value is null; ``global`` for none."""
+    if not attributes:
+        return F.lit(GLOBAL)
+    parts = []
+    for position, a in enumerate(attributes):
+        parts += [F.lit(("," if position else "") + f"{a}="), F.col(a).cast("string")]
+    return F.concat(*parts)  # concat is null as soon as one part is
+
+
+def known_users(data: SparkData, attributes: list[str]) -> DataFrame:
+    """Every user of the events or the users table, with the attribute values (null where unknown)."""
+    users = data.events.select(S.USER)
+    if data.users is not None:
+        users = users.unionByName(data.users.select(S.USER))
+    users = users.distinct()
+    if attributes:
+        users = users.join(data.users.select(S.USER, *[F.col(a).cast("string") for a in attributes]), S.USER, "left")
+    return users
+
+
+def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -> CrowdTables:
+    from recall.ctr import fit_beta_prior
+
+    attributes = usable_attributes(data, p, name)
+    levels = range(len(attributes) + 1)
+    ids = [f"_crowd{level}" for level in levels]
+    users = known_users(data, attributes).select(
+        S.USER, *[crowd_key(attributes[:level]).alias(ids[level]) for level in levels])
+    events = data.events
+    if p.window_days is not None:
+        events = events.filter(F.col(S.TS) >= F.lit(data.now - p.window_days * 86400))
+    events = (events.filter(F.col(S.BEHAVIOR).isin("impression", "click"))
+              .select(S.USER, S.ITEM, (F.col(S.BEHAVIOR) == "click").alias("_click"))
+              .join(users, S.USER, "left"))
+    flags = events.agg(F.max((~F.col("_click")).cast("int")).alias("imp"),
+                       F.max(F.col("_click").cast("int")).alias("clk")).first()
+    has_impressions, has_clicks = bool(flags["imp"]), bool(flags["clk"])
+    window = "all" if p.window_days is None else f"the last {p.window_days:g}"
+    if p.rank_by == "ctr" and not has_impressions:
+        raise RecallError(f"channels.{name}.rank_by = 'ctr' needs impression events in {window} days "
+                          "and there are none; use rank_by = 'auto' or 'volume'")
+    mode = p.rank_by if p.rank_by != "auto" else ("ctr" if has_impressions else "volume")
+    if not has_clicks:
+        log.warning("%s: no clicks in %s days, so every hot list is empty; widen channels.%s.window_days",
+                    name, window, name)
+
+    support, cells, parent = [], [], None
+    for level in levels:
+        crowd = ids[level]
+        scoped = events.filter(F.col(crowd).isNotNull())
+        support.append(scoped.filter("_click").groupBy(F.col(crowd).alias(CROWD))
+                       .agg(F.count(F.lit(1)).alias("_clicks"), F.countDistinct(S.USER).alias("_users"))
+                       .withColumn(LEVEL, F.lit(level)))
+        group = [F.col(crowd).alias(CROWD)] + ([F.col(ids[level - 1]).alias("_parent")] if level else [])
+        counts = (scoped.groupBy(*group, S.ITEM)
+                  .agg(F.sum(F.col("_click").cast("double")).alias("_c"),
+                       F.sum((~F.col("_click")).cast("double")).alias("_n")))
+        if mode == "volume":
+            score = F.col("_c") / F.sum("_c").over(Window.partitionBy(CROWD))
+        else:
+            clicks = F.least(F.col("_c"), F.col("_n"))
+            if level == 0:
+                # Catalogue-sized (one row per item with events), in item order as the local fit sees it.
+                per_item = counts.select(S.ITEM, F.least(F.col("_c"), F.col("_n")).alias("c"), F.col("_n").alias("n"))
+                table = per_item.orderBy(S.ITEM).toArrow()
+                prior = fit_beta_prior(table.column("c").to_numpy(), table.column("n").to_numpy(),
+                                       method=p.prior_method, min_items=p.min_prior_items)
+                score = (clicks + F.lit(prior.a)) / (F.col("_n") + F.lit(prior.a) + F.lit(prior.b))
+            else:
+                counts = counts.join(parent, ["_parent", S.ITEM], "left")
+                k = F.lit(p.prior_strength)
+                score = (clicks + k * F.col("_parent_score")) / (F.col("_n") + k)
+        counts = counts.withColumn(S.SCORE, score)
+        parent = counts.select(F.col(CROWD).alias("_parent"), S.ITEM, F.col(S.SCORE).alias("_parent_score"))
+        cells.append(counts.select(CROWD, F.lit(level).alias(LEVEL), S.ITEM, "_c", S.SCORE))
+
+    crowds = support[0]
+    for frame in support[1:]:
+        crowds = crowds.unionByName(frame)
+    supported = (crowds.filter(((F.col("_clicks") >= p.min_support) & (F.col("_users") >= p.min_users))
+                               | (F.col(LEVEL) == 0))
+                 .select(CROWD, LEVEL))
+    all_cells = cells[0]
+    for frame in cells[1:]:
+        all_cells = all_cells.unionByName(frame)
+    order = Window.partitionBy(CROWD).orderBy(F.col(S.SCORE).desc(), F.col(S.ITEM).asc())
+    lists = (all_cells.filter(F.col("_c") > 0)
+             .join(F.broadcast(supported), [CROWD, LEVEL])
+             .withColumn(S.RANK, F.row_number().over(order).cast("int"))
+             .filter(F.col(S.RANK) <= p.top_k)
+             .select(CROWD, LEVEL, S.ITEM, F.col(S.SCORE).cast("double").alias(S.SCORE), S.RANK))
+    import polars as pl
+
+    small = pl.from_arrow(lists.toArrow()).sort(LEVEL, CROWD, S.RANK)  # crowds x top_k rows
+    lists = data.spark.createDataFrame(small.to_arrow())
+    keys = small[CROWD].unique(maintain_order=True).to_list()
+    if len(keys) > p.max_crowd_files:
+        log.info("%s: %d crowds; writing hot/%s.parquet and hot/crowds.parquet only", name, len(keys), GLOBAL)
+        keys = [GLOBAL]
+    extra = {f"hot/{file_name(key)}.parquet": small.filter(pl.col(CROWD) == key).select(S.ITEM, S.SCORE, S.RANK)
+             for key in keys}
+    extra["hot/crowds.parquet"] = small.select(CROWD, S.ITEM, S.SCORE, S.RANK)
+
+    # Each user's finest supported crowd (coarse to fine: the deepest supported one wins).
+    supported_keys = small.select(CROWD).unique()
+    marked = users
+    for level in levels:
+        marked = marked.join(F.broadcast(data.spark.createDataFrame(
+            supported_keys.with_columns(pl.lit(True).alias(f"_ok{level}")).rename({CROWD: ids[level]}).to_arrow())),
+            ids[level], "left")
+    finest = F.col(ids[0])
+    for level in levels[1:]:
+        finest = F.when(F.col(f"_ok{level}").isNotNull(), F.col(ids[level])).otherwise(finest)
+    marked = marked.withColumn("_finest", finest)
+    ancestry = marked.select("_finest", F.explode(F.array(*[F.col(c) for c in ids])).alias(CROWD)).distinct()
+    chain_order = Window.partitionBy("_finest").orderBy(F.col(LEVEL).desc(), F.col(S.RANK).asc())
+    first_seen = Window.partitionBy("_finest", S.ITEM).orderBy(F.col(LEVEL).desc(), F.col(S.RANK).asc())
+    chains = (ancestry.join(lists, CROWD)
+              .withColumn("_first", F.row_number().over(first_seen)).filter(F.col("_first") == 1)
+              .withColumn("_pos", F.row_number().over(chain_order))
+              .select("_finest", S.ITEM, S.SCORE, "_pos"))
+    by_position = Window.partitionBy(S.USER).orderBy("_pos")
+    recs = (marked.select(S.USER, "_finest")
+            .join(F.broadcast(chains), "_finest")
+            .join(data.engaged_pairs(), [S.USER, S.ITEM], "left_anti")
+            .withColumn(S.RANK, F.row_number().over(by_position))
+            .filter(F.col(S.RANK) <= n)
+            .withColumn(S.SCORE, F.min(S.SCORE).over(by_position.rowsBetween(Window.unboundedPreceding,
+                                                                               Window.currentRow))))
+    return CrowdTables(candidates=long_table(recs, S.USER, S.ITEM), lists=lists, extra=extra)
+
+
+__all__ = ["CrowdTables", "crowd_tables"]

@@ -1,0 +1,320 @@
+"""``recall run --engine spark``: the counting channels, the merge and the filters as Spark jobs.
+
+:func:`run_spark` mirrors :func:`recall.pipeline.run`: same inputs (the normalised
+Parquet tables of ``data.dir``), same outputs (``i2i/<channel>.parquet``,
+``channels/<channel>.parquet``, ``candidates.parquet``, ``hot/*``, ``u2u/usercf.parquet``,
+``manifest.json``, ``_SUCCESS``), published atomically through
+:func:`recall.publish.publish`.
+
+Channels with a Spark implementation (:data:`SPARK_CHANNELS`): itemcf, association,
+usercf, retarget, crowd, ranki2i. Any other enabled channel (the embedding channels)
+is trained by its local implementation on the driver, as in a local run, and its
+tables are written into the same run and merged by Spark with the others; the
+manifest lists it under ``engine.local_channels``. ``local_fallback=False`` refuses
+such a config instead.
+
+Tables are written by Spark straight into the private stage folder of the run,
+each as a single Parquet file at the local engine's path (``spark.single_file``,
+the default), or as a folder of part files under that same name that polars,
+pyarrow and Spark read as one table. A table that a later step needs (an i2i
+table for the trigger expansion, channel candidates for the merge) is read back
+from the written file, so nothing is computed twice and nothing is cached.
+
+On a cluster, ``data.dir`` and ``output.root`` must be one shared POSIX file
+system mounted at the same path on the driver and on every executor (NFS, a
+Lustre/GPFS mount...): publishing relies on rename, symlinks and file locks,
+which object stores do not offer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from recall import schema as S
+from recall.errors import RecallError
+from recall.spark.session import SparkSettings
+
+log = logging.getLogger("recall")
+
+# Sort order of each published table (the local engine's row order).
+ORDER = {"i2i": (S.ITEM, S.RANK), "channels": (S.USER, S.RANK), "u2u": (S.USER, S.RANK),
+         "candidates.parquet": (S.USER, S.RANK)}
+
+
+@dataclass
+class TableWriter:
+    """Writes Spark DataFrames into a publication and reads them back."""
+
+    pub: object
+    spark: object
+    single_file: bool = True
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def write(self, relative: str, frame, order: tuple[str, ...] | None = None):
+        """Write ``frame`` to ``relative`` inside the run; return the table read back from disk."""
+        from recall.spark.data import uri
+
+        target = self.pub.path(relative)
+        order = order or ORDER.get(relative.split("/")[0], ())
+        if self.single_file:
+            # One task writes the file (in the local engine's row order); the work before
+            # the final shuffle stays parallel.
+            folder = target.with_name(f".{target.name}.spark")
+            frame.repartition(1).sortWithinPartitions(*order).write.mode("overwrite").parquet(uri(folder))
+            parts = sorted(folder.glob("part-*"))
+            if len(parts) != 1:
+                raise RecallError(f"Spark wrote {len(parts)} files for {relative}, expected one")
+            os.replace(parts[0], target)
+            shutil.rmtree(folder)
+        else:
+            frame.orderBy(*order).write.mode("overwrite").parquet(uri(target))
+        table = self.spark.read.parquet(uri(target))
+        self.rows[relative] = table.count()  # Parquet footers: no data is read
+        self.pub.manifest.setdefault("tables", {})[relative] = self.rows[relative]
+        return table
+
+    def write_local(self, relative: str, frame, read_back: bool = False):
+        """Write a polars frame (small tables, local-fallback channels); optionally return it as a Spark table."""
+        from recall.spark.data import uri
+
+        self.pub.write_table(relative, frame)
+        self.rows[relative] = frame.height
+        return self.spark.read.parquet(uri(self.pub.path(relative))) if read_back else None
+
+
+# ----------------------------------------------------------------------------- channels
+
+ChannelJob = Callable[["SparkData", object, int, TableWriter, str], tuple[object, object | None]]
+
+
+def _i2i_job(table_of) -> ChannelJob:
+    """A channel defined by an i2i table: publish the table, then expand the triggers through it."""
+
+    def job(data, params, n, writer: TableWriter, name: str):
+        from recall.spark.triggers import expand_triggers
+
+        i2i = writer.write(f"i2i/{name}.parquet", table_of(data, params, name))
+        candidates = expand_triggers(data, i2i, n, i2i_rows=writer.rows[f"i2i/{name}.parquet"])
+        return writer.write(f"channels/{name}.parquet", candidates), i2i
+
+    return job
+
+
+def _itemcf(data, p, name):
+    from recall.spark.itemcf import itemcf_table
+
+    return itemcf_table(data, p, name)
+
+
+def _association(data, p, name):
+    from recall.spark.association import association_table
+
+    return association_table(data, p)
+
+
+def _ranki2i(data, p, name):
+    from recall.spark.ranki2i import ranki2i_table
+
+    return ranki2i_table(data, p, name)
+
+
+def _usercf(data, p, n, writer: TableWriter, name: str):
+    from recall.channels.usercf import NEIGHBORS_TABLE
+    from recall.spark.usercf import engagement_pairs, neighbour_table, usercf_candidates
+
+    pairs = engagement_pairs(data, p)
+    if p.publish_neighbors:
+        neighbours = writer.write(NEIGHBORS_TABLE, neighbour_table(pairs, p))
+    else:
+        neighbours = neighbour_table(pairs, p)
+    return writer.write(f"channels/{name}.parquet", usercf_candidates(data, pairs, neighbours, n)), None
+
+
+def _retarget(data, p, n, writer: TableWriter, name: str):
+    from recall.spark.retarget import retarget_candidates
+
+    return writer.write(f"channels/{name}.parquet", retarget_candidates(data, p, n)), None
+
+
+def _crowd(data, p, n, writer: TableWriter, name: str):
+    from recall.spark.crowd import crowd_tables
+
+    tables = crowd_tables(data, p, n, name)
+    for relative, frame in tables.extra.items():
+        writer.write_local(relative, frame)
+    return writer.write(f"channels/{name}.parquet", tables.candidates), None
+
+
+SPARK_CHANNELS: dict[str, ChannelJob] = {
+    "itemcf": _i2i_job(_itemcf),
+    "usercf": _usercf,
+    "ranki2i": _i2i_job(_ranki2i),
+    "association": _i2i_job(_association),
+    "retarget": _retarget,
+    "crowd": _crowd,
+}
+
+
+# ----------------------------------------------------------------------------- the run
+
+def settings_of(cfg, master: str | None = None) -> SparkSettings:
+    """The config's ``[spark]`` section (defaults when the config has none), with ``master`` applied."""
+    settings = getattr(cfg, "spark", None) or SparkSettings()
+    if not isinstance(settings, SparkSettings):
+        settings = SparkSettings.model_validate(settings)
+    return settings.model_copy(update={"master": master}) if master else settings
+
+
+def run_spark(cfg, step=None, *, master: str | None = None, spark=None, local_fallback: bool = True) -> dict:
+    """Fit every enabled channel with Spark, merge, filter and publish all tables as one new run.
+
+    Parameters
+    ----------
+    cfg : recall.config.Config
+        The run configuration (its optional ``spark`` section: :class:`SparkSettings`).
+    step : callable, optional
+        ``step(name)`` progress context, as for :func:`recall.pipeline.run`.
+    master : str, optional
+        Spark master URL overriding ``spark.master`` (e.g. ``spark://host:7077``).
+    spark : SparkSession, optional
+        A session to use instead of creating one (tests, notebooks).
+    local_fallback : bool
+        Train enabled channels without a Spark implementation locally on the driver
+        (True) or refuse them with a RecallError (False).
+
+    Returns
+    -------
+    dict
+        The summary :func:`recall.pipeline.run` returns (run date, folder, per-channel
+        rows, users, i2i rows, seconds, candidates by source), plus ``engine``.
+    """
+    import contextlib
+
+    from pyspark import StorageLevel
+
+    from recall.publish import publish
+    from recall.spark.data import SparkData
+    from recall.spark.filters import apply_filters
+    from recall.spark.merge import merge_channels
+    from recall.spark.session import spark_session
+
+    step = step or (lambda _: contextlib.nullcontext())
+    names = cfg.enabled_channels()
+    if not names:
+        raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
+    local_names = [name for name in names if name not in SPARK_CHANNELS]
+    if local_names and not local_fallback:
+        raise RecallError(f"channel(s) {', '.join(local_names)} have no Spark implementation (Spark runs "
+                          f"{', '.join(SPARK_CHANNELS)}); disable them or let them train on the driver")
+    settings = settings_of(cfg, master)
+    with step("start spark"):
+        spark = spark or spark_session(settings)
+    with step("load data"):
+        data = SparkData.load(spark, cfg.data.dir, triggers=cfg.triggers)
+    run_date = cfg.output.run_date or (dt.datetime.fromtimestamp(data.max_ts, tz=dt.timezone.utc).date()
+                                       + dt.timedelta(days=1)).isoformat()
+    n = cfg.candidates_per_user + cfg.filters.reserve
+    timings, channels = {}, {}
+    try:
+        with publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs) as pub:
+            writer = TableWriter(pub, spark, single_file=settings.single_file)
+            train = None
+            for name in names:
+                with step(f"channel {name}"):
+                    started = time.perf_counter()
+                    if name in SPARK_CHANNELS:
+                        candidates, _ = SPARK_CHANNELS[name](data, cfg.channels[name], n, writer, name)
+                    else:
+                        log.info("%s has no Spark implementation; training it on the driver", name)
+                        train = train or _local_train(cfg)
+                        candidates = _local_channel(cfg, train, name, n, writer)
+                    channels[name] = candidates
+                    timings[f"channel.{name}"] = round(time.perf_counter() - started, 3)
+            with step("merge and filter"):
+                started = time.perf_counter()
+                quotas = cfg.quotas()
+                strict = {name for name in channels if cfg.channels[name].strict}
+                merged = merge_channels(channels, {k: quotas[k] for k in channels},
+                                        cfg.candidates_per_user + cfg.filters.reserve,
+                                        strict=strict, backfill=cfg.merge.backfill)
+                merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
+                filtered, stages = apply_filters(merged, data, cfg.filters, cfg.candidates_per_user)
+                stages = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in stages.items()}
+                final = writer.write("candidates.parquet", filtered)
+                removed, before = {}, merged.count()
+                for name_ in ("purchase", "blacklist", "diversity"):
+                    after = stages[name_].count() if name_ in stages else before
+                    removed[name_], before = before - after, after
+                removed["budget"] = before - writer.rows["candidates.parquet"]
+                for frame in (merged, *stages.values()):
+                    frame.unpersist()
+                timings["merge_and_filter"] = round(time.perf_counter() - started, 3)
+            with step("summary"):
+                summary = _summary(spark, pub, run_date, channels, writer, final, timings)
+            pub.manifest.setdefault("timings_seconds", {}).update(timings)
+            pub.manifest["filters_removed"] = removed
+            _stamp_manifest(pub, cfg, data, spark, settings, local_names)
+    finally:
+        data.release()
+    return summary
+
+
+def _local_train(cfg):
+    from recall.context import TrainData
+    from recall.pipeline import load_data
+
+    return TrainData.build(load_data(cfg), triggers=cfg.triggers, seed=cfg.seed)
+
+
+def _local_channel(cfg, train, name: str, n: int, writer: TableWriter):
+    from recall.pipeline import fit_channel
+
+    output = fit_channel(name, cfg, train, n)
+    if output.i2i is not None:
+        writer.write_local(f"i2i/{name}.parquet", output.i2i)
+    for relative, table in output.extra.items():
+        writer.write_local(relative, table)
+    return writer.write_local(f"channels/{name}.parquet", output.candidates, read_back=True)
+
+
+def _summary(spark, pub, run_date, channels, writer: TableWriter, final, timings) -> dict:
+    from pyspark.sql import functions as F
+
+    out = {}
+    for name, frame in channels.items():
+        i2i = f"i2i/{name}.parquet"
+        out[name] = {"rows": writer.rows[f"channels/{name}.parquet"],
+                     "users": frame.select(S.USER).distinct().count(),
+                     "i2i_rows": writer.rows.get(i2i), "seconds": round(timings[f"channel.{name}"], 2)}
+    by_source = {row[0]: row[1] for row in final.groupBy("source").count().orderBy("source").collect()}
+    return {"run_date": run_date, "published": str(pub.root / run_date), "channels": out, "engine": "spark",
+            "candidates": {"rows": writer.rows["candidates.parquet"],
+                           "users": final.select(S.USER).distinct().count(), "by_source": by_source}}
+
+
+def _stamp_manifest(pub, cfg, data, spark, settings: SparkSettings, local_names: list[str]) -> None:
+    from recall.pipeline import fingerprint, library_versions
+
+    versions = library_versions()
+    versions["pyspark"] = spark.version
+    pub.manifest.update({
+        "run_date": pub.run_date,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "seed": cfg.seed,
+        "config": cfg.model_dump(mode="json"),
+        "libraries": versions,
+        "engine": {"name": "spark", "master": spark.sparkContext.master, "spark": spark.version,
+                   "single_file": settings.single_file, "local_channels": local_names},
+        "inputs": {name: fingerprint(path) if Path(path).is_file() else {"path": str(path)}
+                   for name, path in data.files.items()},
+    })
+
+
+__all__ = ["SPARK_CHANNELS", "TableWriter", "run_spark", "settings_of"]

@@ -1,0 +1,114 @@
+"""itemCF on Spark: the formula of :mod:`recall.channels.itemcf` as joins and aggregations.
+
+For items i, j over users u who engaged with both (latest engagement per (u, i),
+crawlers with more than ``max_user_items`` items left out):
+
+    C(i, j)   = sum_u  w(u) * f(|b_ui - b_uj|)      for |b_ui - b_uj| <= W
+    sim(i, j) = C(i, j) / (N_i^alpha * N_j^(1 - alpha))
+
+The pairs come from a self-join of the (user, item, bucket) rows on the user,
+filtered by the bucket gap; ``f`` is looked up from the same Python floats the
+local engine uses; C is an :func:`recall.spark.ops.exact_sum`. Without a pair
+window every bucket is 0, so every pair counts with ``f = 1`` (as locally).
+The work is the sum over users of n_u^2, the same pairs the local kernel sums.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recall import schema as S
+from recall.channels.itemcf import ItemCFParams
+from recall.errors import RecallError
+from recall.spark.data import SparkData
+from recall.spark.ops import exact_sum, long_table, lookup, normalise_max, rerank, top_k
+
+# Above this many buckets in the window, f is computed by Spark instead of looked up.
+MAX_LOOKUP = 10_000
+
+
+def engagement_rows(data: SparkData, p: ItemCFParams) -> DataFrame:
+    """``user_id, item_id, ts, n_u``: latest engagement per (user, item), old events and crawlers out."""
+    events = data.events.filter(F.col(S.BEHAVIOR).isin(list(p.behaviors)))
+    if p.window_days is not None:
+        events = events.filter(F.col(S.TS) >= F.lit(data.now - p.window_days * 86400))
+    pairs = events.groupBy(S.USER, S.ITEM).agg(F.max(S.TS).alias(S.TS))
+    return (pairs.withColumn("n_u", F.count(F.lit(1)).over(Window.partitionBy(S.USER)))
+            .filter(F.col("n_u") <= p.max_user_items))
+
+
+def category_side(data: SparkData, name: str, p: ItemCFParams) -> DataFrame | None:
+    if not p.same_category:
+        return None
+    side = data.item_side(S.CATEGORY)
+    if side is None:
+        raise RecallError(f"channels.{name}.same_category needs an items table with a "
+                          "'category_id' column; add one or set same_category = false")
+    return side
+
+
+def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None = None) -> DataFrame:
+    """``item_id, neighbor_id, score``: sim(i, j) for every co-engaged pair i != j, untruncated.
+
+    With ``categories`` (``item_id, category_id``), only pairs within one known category.
+    """
+    rows = engagement_rows(data, p)
+    if p.pair_window_hours is None:
+        bucket = F.lit(0).cast("long")
+        max_gap = 0
+    else:
+        bucket_seconds = p.bucket_hours * 3600
+        t0 = rows.agg(F.min(S.TS).alias("_t0"))
+        rows = rows.crossJoin(F.broadcast(t0))
+        bucket = F.floor((F.col(S.TS) - F.col("_t0")) / F.lit(float(bucket_seconds))).cast("long")
+        max_gap = int(math.floor(p.pair_window_hours / p.bucket_hours + 1e-9))
+    user_weight = (F.lit(1.0) / F.log1p(F.col("n_u").cast("double"))) if p.iuf else F.lit(1.0)
+    rows = rows.select(S.USER, S.ITEM, bucket.alias("_b"), user_weight.alias("_w"))
+    counts = rows.groupBy(S.ITEM).agg(F.count(F.lit(1)).cast("double").alias("_n"))
+
+    left = rows.select(S.USER, F.col(S.ITEM), F.col("_b").alias("_bi"), "_w")
+    right = rows.select(S.USER, F.col(S.ITEM).alias(S.NEIGHBOR), F.col("_b").alias("_bj"))
+    gap = F.abs(F.col("_bi") - F.col("_bj"))
+    pairs = left.join(right, S.USER).filter((F.col(S.ITEM) != F.col(S.NEIGHBOR)) & (gap <= max_gap))
+
+    def decay(g: int) -> float:
+        if p.decay_half_life_hours is None:
+            return 1.0
+        return 0.5 ** (g * p.bucket_hours / p.decay_half_life_hours)
+
+    if max_gap == 0 or p.decay_half_life_hours is None:
+        f = F.lit(1.0)
+    elif max_gap <= MAX_LOOKUP:
+        f = lookup([decay(g) for g in range(max_gap + 1)], gap)
+    else:
+        f = F.pow(F.lit(0.5), gap * F.lit(p.bucket_hours / p.decay_half_life_hours))
+    terms = pairs.select(S.ITEM, S.NEIGHBOR, (F.col("_w") * f).alias("_term"))
+    if categories is not None:
+        cat_i = categories.select(S.ITEM, F.col(S.CATEGORY).alias("_ci"))
+        cat_j = categories.select(F.col(S.ITEM).alias(S.NEIGHBOR), F.col(S.CATEGORY).alias("_cj"))
+        terms = (terms.join(F.broadcast(cat_i), S.ITEM).join(F.broadcast(cat_j), S.NEIGHBOR)
+                 .filter(F.col("_ci") == F.col("_cj")).select(S.ITEM, S.NEIGHBOR, "_term"))
+    co = terms.groupBy(S.ITEM, S.NEIGHBOR).agg(exact_sum("_term").alias("_c"))
+    n_i = counts.select(S.ITEM, F.pow(F.col("_n"), F.lit(-p.alpha)).alias("_si"))
+    n_j = counts.select(F.col(S.ITEM).alias(S.NEIGHBOR), F.pow(F.col("_n"), F.lit(-(1.0 - p.alpha))).alias("_sj"))
+    return (co.join(n_i, S.ITEM).join(n_j, S.NEIGHBOR)
+            .select(S.ITEM, S.NEIGHBOR, (F.col("_c") * F.col("_si") * F.col("_sj")).alias(S.SCORE)))
+
+
+def finish_table(scores: DataFrame, top: int, normalize: bool) -> DataFrame:
+    """Truncate each row to ``top`` neighbours, optionally divide by its maximum, rank."""
+    table = top_k(scores, S.ITEM, S.NEIGHBOR, top)
+    if normalize:
+        table = rerank(normalise_max(table, S.ITEM), S.ITEM, S.NEIGHBOR)
+    return long_table(table, S.ITEM, S.NEIGHBOR)
+
+
+def itemcf_table(data: SparkData, p: ItemCFParams, name: str = "itemcf") -> DataFrame:
+    """The itemCF i2i table ``item_id, neighbor_id, score, rank``."""
+    return finish_table(cooccurrence(data, p, category_side(data, name, p)), p.top_k, p.normalize)
+
+
+__all__ = ["cooccurrence", "engagement_rows", "finish_table", "itemcf_table"]

@@ -1,0 +1,508 @@
+"""Per-channel quotas chosen from data: greedy marginal-gain allocation on a validation window.
+
+The seeds say the merge "adjusts each strategy's share according to its historical
+performance". Here that history is a validation window just before the evaluation:
+
+    train on events before T1,  validate on [T1, T2),  T2 = the split T of `recall eval`
+
+with ``T1 = T2 - tune.validation_days`` (default: as long as the test window), so
+tuning never sees the evaluation's test window [T2, T2 + eval.test_days). With
+``validation_windows = n``, n consecutive windows ending at T2 are pooled, each with
+its own training cut (less noise, n times the fitting). Every enabled channel is
+fitted once per window on the training part; a quota vector q is then scored by the
+merge and mechanism filters of :func:`recall.pipeline.merge_outputs` followed by the
+evaluation's metric@K on the validation targets. The merge is evaluated by
+:class:`QuotaMerger`, a faithful, cheaper evaluation of the same merge (the
+quota-independent work done once; a test checks it equals ``merge_outputs`` row for
+row), then the real :func:`recall.filters.apply_filters`. Only the validation users'
+candidate rows are merged: the merge and every filter work user by user, so this
+restriction changes no number. Cost: about ``budget / step x channels`` merges of the
+validation users for the greedy pass, plus ``channels x (channels - 1)`` per
+refinement move.
+
+**Greedy marginal-gain allocation.** Start every channel at ``min_quota``; while
+budget is left, give ``step`` slots to the channel whose extra slots raise the
+merged metric most (ties: the channel that scores best on its own, then config
+order), recording each step. With back-fill the merge depends on the quotas'
+ratios, so early steps choose the mix and later ones refine the proportions.
+**Refinement** (``refine``): then move ``step`` slots from one channel to another
+while the best such move improves the metric (best-improvement local search, at
+most ``channels x (channels - 1)`` evaluations per move). Strict channels keep at
+most their configured quota (``respect_strict``): their volume is capped on purpose.
+:func:`exhaustive_allocate` enumerates every allocation for small cases; the tests
+check the greedy result against it.
+
+The result is written as a TOML fragment (``[channels.X] quota = N`` plus a comment
+block with the validation numbers) to be layered over the base config:
+``recall eval -c configs/default.toml -c tuned.toml`` (:func:`load_config_files`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from pydantic import ValidationError
+
+from recall import schema as S
+from recall.analysis import TuneConfig, equal_quotas
+from recall.config import Config, _format_validation_error, apply_overrides
+from recall.context import TrainData
+from recall.errors import RecallError
+from recall.evaluate import metrics, target_pairs, time_split
+from recall.filters import apply_filters
+from recall.io import Dataset
+from recall.pipeline import Step, fit_channels, no_progress
+
+Quotas = dict[str, int]
+Score = Callable[[Quotas], float]
+# A move must beat the current value by more than float noise to count as an improvement.
+TOLERANCE = 1e-12
+
+
+def tune_settings(cfg: Config) -> TuneConfig:
+    """``[tune]``, or its defaults while the config model has no such section."""
+    return getattr(cfg, "tune", None) or TuneConfig()
+
+
+@dataclass
+class Allocation:
+    """Quotas found by a search, their score, and the search's trace."""
+
+    quotas: Quotas
+    value: float
+    path: list[dict] = field(default_factory=list)
+    evaluations: int = 0
+
+
+class CachedScore:
+    """Memoise a score function over quota vectors (greedy and refinement revisit allocations)."""
+
+    def __init__(self, score: Score):
+        self.score = score
+        self.cache: dict[tuple, float] = {}
+
+    def __call__(self, quotas: Quotas) -> float:
+        key = tuple(sorted(quotas.items()))
+        if key not in self.cache:
+            self.cache[key] = float(self.score(dict(quotas)))
+        return self.cache[key]
+
+    @property
+    def evaluations(self) -> int:
+        return len(self.cache)
+
+
+def _caps(names: Sequence[str], max_quota: dict[str, int] | None, budget: int) -> dict[str, int]:
+    return {n: budget if max_quota is None or n not in max_quota else max_quota[n] for n in names}
+
+
+def greedy_allocate(score: Score, names: Sequence[str], budget: int, step: int, *, min_quota: int = 0,
+                    max_quota: dict[str, int] | None = None, prefer: Sequence[str] | None = None,
+                    refine: bool = True) -> Allocation:
+    """Hand out the budget ``step`` slots at a time to the channel with the largest marginal gain.
+
+    Parameters
+    ----------
+    score
+        Metric of the merged lists under a quota vector (higher is better).
+    names
+        Channels to allocate to.
+    budget
+        Total slots per user.
+    step
+        Slots per greedy step; the last step takes what is left.
+    min_quota
+        Slots every channel starts with.
+    max_quota
+        Optional per-channel caps (a capped channel stops receiving slots).
+    prefer
+        Tie-break order (best first); default: the order of ``names``.
+    refine
+        Run the pairwise-move local search after the greedy pass.
+    """
+    names = list(names)
+    caps = _caps(names, max_quota, budget)
+    cached = score if isinstance(score, CachedScore) else CachedScore(score)
+    rank = {n: i for i, n in enumerate(prefer or names)}
+    quotas = {n: min(min_quota, caps[n]) for n in names}
+    left = budget - sum(quotas.values())
+    if left < 0:
+        raise RecallError(f"tune.min_quota = {min_quota} for {len(names)} channels exceeds the budget "
+                          f"candidates_per_user = {budget}; lower tune.min_quota")
+    current = cached(quotas) if sum(quotas.values()) else 0.0
+    path = []
+    while left > 0:
+        give = min(step, left)
+        options = [n for n in names if quotas[n] + give <= caps[n]]
+        if not options:
+            break  # every channel is at its cap: the rest of the budget stays unassigned
+        values = {n: cached({**quotas, n: quotas[n] + give}) for n in options}
+        best = max(options, key=lambda n: (values[n], -rank.get(n, len(rank))))
+        quotas[best] += give
+        left -= give
+        path.append({"move": f"+{give} {best}", "gain": values[best] - current, "value": values[best],
+                     "quotas": dict(quotas)})
+        current = values[best]
+    if refine:
+        quotas, current = _refine(cached, quotas, current, step, min_quota, caps, path)
+    return Allocation(quotas, current, path, cached.evaluations)
+
+
+def _refine(score: CachedScore, quotas: Quotas, current: float, step: int, min_quota: int,
+            caps: dict[str, int], path: list[dict]) -> tuple[Quotas, float]:
+    """Best-improvement local search: move ``step`` slots between two channels while it helps."""
+    names = list(quotas)
+    while True:
+        best_value, best_quotas, best_move = current, None, ""
+        for source, target in itertools.permutations(names, 2):
+            moved = min(step, quotas[source] - min_quota, caps[target] - quotas[target])
+            if moved <= 0:
+                continue
+            trial = {**quotas, source: quotas[source] - moved, target: quotas[target] + moved}
+            value = score(trial)
+            if value > best_value + TOLERANCE:
+                best_value, best_quotas, best_move = value, trial, f"{moved} {source} -> {target}"
+        if best_quotas is None:
+            return quotas, current
+        path.append({"move": best_move, "gain": best_value - current, "value": best_value,
+                     "quotas": dict(best_quotas)})
+        quotas, current = best_quotas, best_value
+
+
+def allocations(names: Sequence[str], budget: int, step: int, min_quota: int = 0,
+                max_quota: dict[str, int] | None = None) -> Iterable[Quotas]:
+    """Every quota vector of multiples of ``step`` above ``min_quota`` that uses the whole budget.
+
+    A remainder (budget not a multiple of step) goes whole to one channel, as in the greedy pass.
+    """
+    names = list(names)
+    caps = _caps(names, max_quota, budget)
+    free = budget - min_quota * len(names)
+    units, rest = divmod(free, step)
+    for split in itertools.product(range(units + 1), repeat=len(names)):
+        if sum(split) != units:
+            continue
+        base = {n: min_quota + u * step for n, u in zip(names, split)}
+        for extra in (names if rest else [None]):
+            quotas = base if extra is None else {**base, extra: base[extra] + rest}
+            if all(quotas[n] <= caps[n] for n in names):
+                yield quotas
+
+
+def exhaustive_allocate(score: Score, names: Sequence[str], budget: int, step: int, *, min_quota: int = 0,
+                        max_quota: dict[str, int] | None = None) -> Allocation:
+    """The best allocation by enumeration (ties: the first found); for small cases and tests."""
+    cached = score if isinstance(score, CachedScore) else CachedScore(score)
+    best = None
+    for quotas in allocations(names, budget, step, min_quota, max_quota):
+        value = cached(quotas)
+        if best is None or value > best.value + TOLERANCE:
+            best = Allocation(dict(quotas), value)
+    if best is None:
+        raise RecallError("no quota allocation fits the budget; lower tune.min_quota")
+    best.evaluations = cached.evaluations
+    return best
+
+
+@dataclass
+class Validation:
+    """One validation split: training data before T1, targets in [T1, T2), the channels' candidates."""
+
+    train: TrainData
+    targets: pl.DataFrame
+    t1: int
+    t2: int
+    candidates: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    @property
+    def users(self) -> int:
+        return self.targets[S.USER].n_unique()
+
+
+def validation_split(cfg: Config, data: Dataset, t1: int, t2: int) -> Validation:
+    """Train on events before ``t1``; targets are the engagements in [t1, t2) (as the evaluation's)."""
+    events = data.events
+    train_events = events.filter(pl.col(S.TS) < t1)
+    valid_events = events.filter((pl.col(S.TS) >= t1) & (pl.col(S.TS) < t2))
+    if train_events.height == 0 or valid_events.height == 0:
+        part = "training" if train_events.height == 0 else "validation"
+        raise RecallError(f"the validation window [{t1}, {t2}) leaves no {part} events; set "
+                          "tune.validation_days (and tune.validation_windows) so the windows fall inside the log")
+    train = TrainData.build(Dataset(train_events, data.items, data.users, data.files), now=t1,
+                            triggers=cfg.triggers, seed=cfg.seed)
+    pairs = target_pairs(train, valid_events, cfg.eval)
+    if cfg.eval.exclude_seen_targets:
+        pairs = pairs.filter(~pl.col("repeat"))
+    targets = pairs.select(S.USER, S.ITEM)
+    if targets.height == 0:
+        raise RecallError(f"the validation window [{t1}, {t2}) has no target interactions; "
+                          "widen tune.validation_days")
+    return Validation(train, targets, t1, t2)
+
+
+def validation_windows(cfg: Config, data: Dataset, settings: TuneConfig | None = None) -> list[tuple[int, int]]:
+    """The validation windows [T1, T2), latest first, the latest ending at the evaluation split."""
+    settings = settings or tune_settings(cfg)
+    _, _, split = time_split(data, cfg.eval)
+    # By default a validation window is as long as the test window it stands in for.
+    length = int((settings.validation_days or cfg.eval.test_days) * 86400)
+    return [(split - (i + 1) * length, split - i * length) for i in range(settings.validation_windows)]
+
+
+class QuotaMerger:
+    """The merge of :func:`recall.merge.merge_channels` plus the mechanism filters, for many quota vectors.
+
+    A faithful, cheaper evaluation of the same merge: the quota-independent work is
+    done once (the distinct (user, item) pairs and each channel's rank of each pair,
+    a pairs x channels array, ``inf`` where the channel lacks the pair); a quota
+    vector then costs a few array operations. As in ``merge_channels``, a pair's
+    position is ``min over channels of rank / quota`` (ties: the channel first by
+    name), a capped channel (strict, or no back-fill) has no position beyond its
+    quota, a zero quota none at all; each user's pairs are ordered by (position,
+    channel, item) and the first ``budget + reserve`` kept; then the real
+    :func:`recall.filters.apply_filters` cuts to the budget. A test checks the
+    output equals :func:`recall.pipeline.merge_outputs` row for row.
+    """
+
+    def __init__(self, cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData):
+        self.cfg = cfg
+        self.train = train
+        self.names = sorted(candidates)  # the merge's channel order for ties
+        stacked = pl.concat([frame.select(S.USER, S.ITEM, S.RANK).with_columns(pl.lit(i, pl.Int32).alias("ch"))
+                             for i, frame in enumerate(candidates[n] for n in self.names)], how="vertical_relaxed")
+        pairs = stacked.select(S.USER, S.ITEM).unique().sort(S.USER, S.ITEM)
+        self.user_ids = pairs[S.USER]
+        self.item_ids = pairs[S.ITEM]
+        # Codes that sort like the ids, for the merge's final tie-break on the item.
+        self.user_code = pairs.select(pl.col(S.USER).rank("dense")).to_series().to_numpy()
+        self.item_code = pairs.select(pl.col(S.ITEM).rank("dense")).to_series().to_numpy()
+        located = stacked.join(pairs.with_row_index("pair"), on=[S.USER, S.ITEM])
+        self.ranks = np.full((pairs.height, len(self.names)), np.inf)
+        self.ranks[located["pair"].to_numpy(), located["ch"].to_numpy()] = located[S.RANK].to_numpy()
+        self.strict = np.array([cfg.channels[n].strict or not cfg.merge.backfill for n in self.names])
+
+    def merged(self, quotas: Quotas) -> pl.DataFrame:
+        """``user_id, item_id, score, rank, source`` with ``budget + reserve`` rows per user at most."""
+        q = np.array([quotas.get(n, 0) for n in self.names], dtype=np.float64)
+        # rank x (1 / quota), not rank / quota: polars evaluates the merge's division by a
+        # literal as a multiplication by its reciprocal, and exact ties must break the same way.
+        with np.errstate(divide="ignore"):
+            positions = np.where(q > 0, self.ranks * (1.0 / q), np.inf)
+        positions[:, self.strict] = np.where(self.ranks[:, self.strict] <= q[self.strict],
+                                             positions[:, self.strict], np.inf)
+        source = np.argmin(positions, axis=1)  # the first minimum: the channel first by name
+        best = positions[np.arange(len(source)), source]
+        keep = np.flatnonzero(np.isfinite(best))
+        order = keep[np.lexsort((self.item_code[keep], source[keep], best[keep], self.user_code[keep]))]
+        users = self.user_code[order]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
+        within = rank <= self.cfg.candidates_per_user + self.cfg.filters.reserve
+        order, rank = order[within], rank[within]
+        return pl.DataFrame({
+            S.USER: self.user_ids.gather(order), S.ITEM: self.item_ids.gather(order),
+            S.SCORE: 1.0 / best[order], S.RANK: rank.astype(np.int32),
+            "source": pl.Series(self.names, dtype=pl.String).gather(source[order]),
+        })
+
+    def __call__(self, quotas: Quotas) -> pl.DataFrame:
+        """The filtered merge cut to the budget, as ``merge_outputs(...)[0]`` (without ``channels``)."""
+        return apply_filters(self.merged(quotas), self.train, self.cfg.filters, self.cfg.candidates_per_user)[0]
+
+
+def quota_scorer(cfg: Config, validations: Sequence[Validation], metric: str, k: int) -> CachedScore:
+    """metric@K of the merge + filters under a quota vector, pooled over the validation windows.
+
+    The metric is a mean over users, so pooling weights each window by its users.
+    Only the validation users' rows are merged: the merge and the filters work
+    user by user, so dropping the other users changes no result.
+    """
+    prepared = []
+    for v in validations:
+        users = v.targets.select(S.USER).unique()
+        restricted = {n: frame.join(users, on=S.USER, how="semi") for n, frame in v.candidates.items()}
+        prepared.append((v, QuotaMerger(cfg, restricted, v.train), v.train.engaged()[S.ITEM].n_unique()))
+    total = sum(v.users for v in validations)
+
+    def score(quotas: Quotas) -> float:
+        if not any(q > 0 for q in quotas.values()) or not total:
+            return 0.0
+        pooled = 0.0
+        for v, merge, n_items in prepared:
+            pooled += v.users * metrics(merge(quotas), v.targets, [k], n_items)[k][metric]
+        return pooled / total
+
+    return CachedScore(score)
+
+
+@dataclass
+class TuneResult:
+    """Tuned quotas and what they scored on the validation window."""
+
+    quotas: Quotas
+    metric: str
+    k: int
+    budget: int
+    step: int
+    windows: list[tuple[int, int]]  # validation windows [T1, T2), latest first
+    validation_users: int
+    validation_targets: int
+    scores: dict[str, float]  # "tuned", "equal", "configured"
+    equal: Quotas
+    configured: Quotas
+    alone: dict[str, float]  # each channel given the whole budget
+    path: list[dict]
+    evaluations: int
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+    def to_toml(self) -> str:
+        """The config fragment: a comment block with the validation numbers, then one quota per channel."""
+        def when(ts: int) -> str:
+            return dt.datetime.fromtimestamp(ts, tz=dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+        label = f"{self.metric}@{self.k}"
+        lines = [
+            f"# Tuned by `recall tune`: per-channel quotas maximising the merged {label}",
+            f"# under the budget candidates_per_user = {self.budget} (greedy marginal-gain allocation",
+            f"# in steps of {self.step} slots; merge and filters as in `recall run`).",
+            "# Validation windows [T1, T2), each scored with the channels trained on events before its T1:",
+            *(f"#   [{t1}, {t2}) = [{when(t1)}, {when(t2)})" for t1, t2 in self.windows),
+            f"# {self.validation_users} users, {self.validation_targets} targets in all.",
+            f"# The evaluation's test window starts at {when(self.windows[0][1])} (ts {self.windows[0][1]}): not used.",
+            f"# Validation {label} (pooled over the windows):",
+            f"#   tuned       {self.scores['tuned']:.4f}   {_quota_text(self.quotas)}",
+            f"#   equal       {self.scores['equal']:.4f}   {_quota_text(self.equal)}",
+            f"#   configured  {self.scores['configured']:.4f}   {_quota_text(self.configured)}",
+            "#   each channel alone: " + ", ".join(f"{n} {v:.4f}" for n, v in self.alone.items()),
+            f"# {self.evaluations} merges evaluated in {self.seconds:.1f} s.",
+            "# Use it over the base config: recall eval -c <base.toml> -c <this file>",
+        ]
+        for name, quota in self.quotas.items():
+            lines += ["", f"[channels.{name}]", f"quota = {quota}"]
+        return "\n".join(lines) + "\n"
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        if path.parent != Path(""):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_toml())
+        return path
+
+
+def _quota_text(quotas: Quotas) -> str:
+    return ", ".join(f"{n}={q}" for n, q in quotas.items())
+
+
+def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneConfig | None = None) -> TuneResult:
+    """Choose per-channel quotas on the validation window (see the module docstring).
+
+    ``settings`` defaults to the config's ``[tune]`` section.
+    """
+    started = time.perf_counter()
+    settings = settings or tune_settings(cfg)
+    names = cfg.enabled_channels()
+    if not names:
+        raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
+    budget = cfg.candidates_per_user
+    k = settings.k or budget
+    windows = validation_windows(cfg, data, settings)
+    validations = []
+    for i, (t1, t2) in enumerate(windows, 1):
+        with step(f"validation window {i}/{len(windows)}"):
+            validation = validation_split(cfg, data, t1, t2)
+        outputs = fit_channels(cfg, validation.train, names, step)
+        validation.candidates = {n: o.candidates for n, o in outputs.items()}
+        validations.append(validation)
+    score = quota_scorer(cfg, validations, settings.metric, k)
+    configured = {n: q for n, q in cfg.quotas().items() if n in names}
+    unknown = sorted(set(settings.fixed) - set(names))
+    if unknown:
+        raise RecallError(f"tune.fixed names {unknown}, which are not enabled channels; "
+                          f"enabled: {', '.join(names)}")
+    fixed = {n: configured[n] for n in names if n in settings.fixed}
+    free = [n for n in names if n not in fixed]
+    caps = ({n: configured[n] for n in free if cfg.channels[n].strict} if settings.respect_strict else {})
+    with step("quota search"):
+        alone = {n: score({n: caps.get(n, fixed.get(n, budget))}) for n in names}
+        prefer = sorted(free, key=lambda n: -alone[n])
+        if sum(fixed.values()) > budget:
+            raise RecallError(f"the fixed quotas {fixed} exceed the budget candidates_per_user = {budget}; "
+                              "lower them or remove channels from tune.fixed")
+        found = greedy_allocate(lambda q: score({**q, **fixed}), free, budget - sum(fixed.values()),
+                                settings.step, min_quota=settings.min_quota, max_quota=caps, prefer=prefer,
+                                refine=settings.refine)
+        tuned = {n: fixed.get(n, found.quotas.get(n, 0)) for n in names}
+        equal = equal_quotas(names, budget)
+        scores = {"tuned": score(tuned), "equal": score(equal), "configured": score(configured)}
+    return TuneResult(
+        quotas=tuned, metric=settings.metric, k=k, budget=budget, step=settings.step,
+        windows=windows, validation_users=sum(v.users for v in validations),
+        validation_targets=sum(v.targets.height for v in validations), scores=scores, equal=equal,
+        configured=configured, alone=alone, path=found.path, evaluations=score.evaluations, seconds=time.perf_counter() - started)
+
+
+# --- layered configuration -------------------------------------------------------------------------
+
+QUOTA_KEYS = ("quota", "share")
+
+
+def read_toml(path: str | Path) -> dict:
+    """One TOML config file as a dict; problems become a RecallError naming the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecallError(f"config file '{path}' does not exist; see configs/default.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecallError(f"config file '{path}' is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RecallError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 TOML") from None
+    except OSError as exc:
+        raise RecallError(f"cannot read config file '{path}' ({exc.strerror}); pass a readable TOML file") from None
+
+
+def merge_config_dicts(base: dict, layer: dict, _path: tuple[str, ...] = ()) -> dict:
+    """``layer`` over ``base``: tables merge key by key, other values are replaced.
+
+    Inside ``channels.<name>``, ``quota`` and ``share`` are one setting: a layer that
+    sets either removes the other from below (a tuned ``quota`` replaces a base ``share``).
+    """
+    out = dict(base)
+    if len(_path) == 2 and _path[0] == "channels" and any(k in layer for k in QUOTA_KEYS):
+        for key in QUOTA_KEYS:
+            out.pop(key, None)
+    for key, value in layer.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_config_dicts(out[key], value, (*_path, key))
+        else:
+            out[key] = value
+    return out
+
+
+def merge_config_files(paths: Sequence[str | Path]) -> dict:
+    """Read TOML files and layer them in order, later files over earlier ones."""
+    merged: dict = {}
+    for path in paths:
+        merged = merge_config_dicts(merged, read_toml(path))
+    return merged
+
+
+def load_config_files(paths: Sequence[str | Path], overrides: list[str] | None = None) -> Config:
+    """:func:`recall.config.load_config` for several layered files (none: the defaults)."""
+    raw = apply_overrides(merge_config_files(paths), overrides)
+    source = " + ".join(str(p) for p in paths) or "defaults"
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise RecallError(_format_validation_error(exc, source)) from None
