@@ -44,7 +44,7 @@ log = logging.getLogger("recall")
 
 DEFAULT_CONFIG = Path("configs/default.toml")
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (default: configs/default.toml if present)")]
+ConfigOpt = Annotated[Optional[list[Path]], typer.Option("--config", "-c", help="TOML config; repeat to layer files, later over earlier, e.g. -c configs/default.toml -c tuned.toml (default: configs/default.toml if present)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a config value, e.g. --set channels.itemcf.top_k=50")]
 DataOpt = Annotated[Optional[Path], typer.Option("--data", help="input data folder (overrides data.dir)")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", help="output root (overrides output.root)")]
@@ -155,12 +155,12 @@ def say(*objects) -> None:
         out.print(*objects)
 
 
-def load(config: Path | None, overrides: list[str] | None, data: Path | None = None,
+def load(config: list[Path] | None, overrides: list[str] | None, data: Path | None = None,
          out_root: Path | None = None, run_date: str | None = None):
-    from recall.config import load_config
+    from recall.tune import load_config_files
 
-    if config is None and DEFAULT_CONFIG.exists():
-        config = DEFAULT_CONFIG
+    if not config and DEFAULT_CONFIG.exists():
+        config = [DEFAULT_CONFIG]
     extra = list(overrides or [])
     if data is not None:
         extra.append(f"data.dir={json.dumps(str(data))}")
@@ -168,7 +168,7 @@ def load(config: Path | None, overrides: list[str] | None, data: Path | None = N
         extra.append(f"output.root={json.dumps(str(out_root))}")
     if run_date is not None:
         extra.append(f"output.run_date={json.dumps(run_date)}")
-    return load_config(config, extra)
+    return load_config_files(config or [], extra)
 
 
 @contextlib.contextmanager
@@ -349,10 +349,11 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, out
 
 @command(app, "eval")
 def evaluate(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None,
-             json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the report as JSON here")] = None):
+             json_out: Annotated[Optional[Path], typer.Option("--json", help="also write the report as JSON here")] = None,
+             report_dir: Annotated[Optional[Path], typer.Option("--report", help="write report.html, metrics.json and the PNG plots into this folder")] = None):
     """Evaluate every channel, the merge and the baselines on a time split.
 
-    Example: recall eval --data data/imported/ml-100k --set eval.test_days=14 --json eval.json
+    Example: recall eval --data data/imported/ml-100k --set eval.test_days=14 --json eval.json --report report/
     """
     from recall.evaluate import evaluate as run_eval
     from recall.pipeline import load_data
@@ -372,6 +373,39 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
         out.print(f"report written to {json_out}")
+    if report_dir is not None:
+        from recall.report import write_report
+
+        paths = write_report(report, report_dir)
+        out.print(f"HTML report written to [bold]{paths['html']}[/] (metrics in {paths['metrics']})")
+
+
+@command(app, "tune")
+def tune(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None,
+         out_path: Annotated[Path, typer.Option("--out", help="where to write the tuned config fragment")] = Path("tuned.toml")):
+    """Choose per-channel quotas on a validation window just before the evaluation split.
+
+    Example: recall tune -c configs/default.toml --out tuned.toml; then recall eval -c configs/default.toml -c tuned.toml
+    """
+    from recall.pipeline import load_data
+    from recall.tune import tune as run_tune
+
+    cfg = load(config, set_, data)
+    with progress_steps() as step:
+        result = run_tune(cfg, load_data(cfg), step)
+    label = f"{result.metric}@{result.k}"
+    table = Table(title=f"quotas by validation {label} ({result.validation_users:,} users, "
+                        f"{result.evaluations} merges, {result.seconds:.1f} s)")
+    for column in ("channel", "tuned", "equal", "configured", f"alone {label}"):
+        table.add_column(column, justify="left" if column == "channel" else "right")
+    for name, quota in result.quotas.items():
+        table.add_row(name, str(quota), str(result.equal[name]), str(result.configured[name]),
+                      f"{result.alone[name]:.4f}")
+    table.add_row(f"[bold]merged {label}[/]", f"{result.scores['tuned']:.4f}", f"{result.scores['equal']:.4f}",
+                  f"{result.scores['configured']:.4f}", "", end_section=True)
+    out.print(table)
+    written = result.write(out_path)
+    out.print(f"tuned quotas written to [bold]{written}[/]; layer them: recall eval -c <base.toml> -c {written}")
 
 
 @command(app, "show")
