@@ -91,9 +91,9 @@ def main() -> None:
     command = "python bench/bench_eges.py " + " ".join(sys.argv[1:])
     print(f"\n`{command.strip()}`\n")
     print(f"log: {data.events.height:,} events, {data.n_users:,} users, {data.n_items:,} items; graph "
-          f"{stats['nodes']:,} nodes, {stats['edges']:,} edges (built in {graph_seconds:.1f}s); "
+          f"{stats['nodes']:,} nodes, {stats['edges']:,} edges (built in {graph_seconds:.2f}s); "
           f"{walks.shape[0]:,} walks x {walks.shape[1]} ({int((walks >= 0).sum()):,} tokens, walked in "
-          f"{walk_seconds:.1f}s); side fields {side.fields} (vocab {side.vocab}, encoded in "
+          f"{walk_seconds:.2f}s); side fields {side.fields} (vocab {side.vocab}, encoded in "
           f"{side_seconds:.2f}s); dim {base.dim}, window {base.window}, negative {base.negative}, "
           f"sample {base.sample}, {args.epochs} epoch(s)\n")
     print("| channel | torch threads | batch | pairs | train seconds | pairs/s | final loss |")

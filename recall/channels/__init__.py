@@ -5,7 +5,11 @@ from __future__ import annotations
 from recall.channels.association import Association
 from recall.channels.base import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.crowd import Crowd
+from recall.channels.deepwalk import DeepWalk
+from recall.channels.eges import EGES, GES
+from recall.channels.item2vec import Item2Vec
 from recall.channels.itemcf import ItemCF
+from recall.channels.node2vec import Node2Vec
 from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
 from recall.channels.usercf import UserCF
@@ -18,6 +22,11 @@ CHANNELS: dict[str, type[Channel]] = {
     Association.name: Association,
     Retarget.name: Retarget,
     Crowd.name: Crowd,
+    Item2Vec.name: Item2Vec,
+    DeepWalk.name: DeepWalk,
+    Node2Vec.name: Node2Vec,
+    EGES.name: EGES,
+    GES.name: GES,
 }
 
 
