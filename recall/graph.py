@@ -56,6 +56,26 @@ class GraphParams(BaseModel):
         return cls(**{name: getattr(params, name) for name in cls.model_fields})
 
 
+def split_sessions(user: np.ndarray, item: np.ndarray, ts: np.ndarray,
+                   gap_hours: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Session number of each event, and the mask of events kept once repeats are collapsed.
+
+    Events are sorted by user then time. A session ends at a new user or, with
+    ``gap_hours``, where consecutive events are further apart. The gap is measured
+    between raw events, before collapsing repeats: clicking A, carting A 50 minutes
+    later and then clicking B 50 minutes after that is one session. Consecutive
+    repeats of one item within a session (click, then cart) are one position.
+    """
+    starts = np.ones(user.size, dtype=bool)
+    starts[1:] = user[1:] != user[:-1]
+    if gap_hours is not None:
+        starts[1:] |= np.diff(ts) > gap_hours * 3600
+    session = np.cumsum(starts, dtype=np.int64) - 1
+    keep = starts.copy()
+    keep[1:] |= item[1:] != item[:-1]
+    return session, keep
+
+
 def sessions(data: TrainData, p: GraphParams) -> pl.DataFrame:
     """The session sequences: ``user_idx, session, item_idx, ts`` sorted by user and time.
 
@@ -75,15 +95,7 @@ def sessions(data: TrainData, p: GraphParams) -> pl.DataFrame:
     user = events[UIDX].to_numpy()
     item = events[IIDX].to_numpy()
     ts = events[S.TS].to_numpy()
-    starts = np.ones(user.size, dtype=bool)
-    starts[1:] = user[1:] != user[:-1]
-    if p.session_gap_hours is not None:
-        # The gap is between raw events, before collapsing repeats: clicking A, carting A
-        # 50 minutes later and then clicking B 50 minutes after that is one session.
-        starts[1:] |= np.diff(ts) > p.session_gap_hours * 3600
-    session = np.cumsum(starts, dtype=np.int64) - 1
-    keep = starts.copy()
-    keep[1:] |= item[1:] != item[:-1]
+    session, keep = split_sessions(user, item, ts, p.session_gap_hours)
     return pl.DataFrame({UIDX: user[keep], SESSION: session[keep], IIDX: item[keep], S.TS: ts[keep]},
                         schema={UIDX: events.schema[UIDX], SESSION: pl.Int64, IIDX: events.schema[IIDX],
                                 S.TS: events.schema[S.TS]})

@@ -65,6 +65,7 @@ from pydantic import Field, model_validator
 
 from recall import schema as S
 from recall.channels.base import BehaviorList, ChannelParams, I2IChannel, Span
+from recall.graph import split_sessions
 from recall.context import IIDX, UIDX, TrainData
 from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
 
@@ -125,15 +126,7 @@ def build_sequences(data: TrainData, p: AssociationParams) -> Sequences:
     item = events[IIDX].to_numpy()
     ts = events[S.TS].to_numpy()
 
-    starts = np.ones(user.size, dtype=bool)
-    starts[1:] = user[1:] != user[:-1]
-    if p.session_gap_hours is not None:
-        # The gap is measured between raw engaged events, before collapsing: a user who
-        # clicks A, comes back to fav A hours later and then clicks B pairs A with B.
-        starts[1:] |= np.diff(ts) > p.session_gap_hours * 3600
-    session = np.cumsum(starts, dtype=np.int64) - 1
-    keep = starts.copy()
-    keep[1:] |= item[1:] != item[:-1]  # consecutive repeats (click, then cart, of one item) are one position
+    session, keep = split_sessions(user, item, ts, p.session_gap_hours)
     user, item, session = user[keep], item[keep], session[keep]
 
     length = np.bincount(user, minlength=data.n_users)

@@ -38,6 +38,7 @@ from pydantic import Field
 from recall import schema as S
 from recall.channels.base import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
+from recall.errors import RecallError
 from recall.sparse import blocks, row_normalise_max, top_k_per_row
 
 
@@ -170,6 +171,15 @@ def category_codes(data: TrainData) -> np.ndarray | None:
     return codes.fill_null(-1).cast(pl.Int64).to_numpy()
 
 
+def required_categories(data: TrainData, channel: str) -> np.ndarray:
+    """:func:`category_codes` for a channel whose ``same_category`` option needs them."""
+    categories = category_codes(data)
+    if categories is None:
+        raise RecallError(f"channels.{channel}.same_category needs an items table with a "
+                          "'category_id' column; add one or set same_category = false")
+    return categories
+
+
 class ItemCF(I2IChannel):
     name = "itemcf"
     description = "item-based CF: IUF, time decay, hot-item normalisation, same-category option"
@@ -177,13 +187,6 @@ class ItemCF(I2IChannel):
 
     def item_similarity(self, data: TrainData) -> sp.csr_matrix:
         p = self.params
-        categories = None
-        if p.same_category:
-            categories = category_codes(data)
-            if categories is None:
-                from recall.errors import RecallError
-
-                raise RecallError("channels.itemcf.same_category needs an items table with a "
-                                  "'category_id' column; add one or set same_category = false")
+        categories = required_categories(data, self.name) if p.same_category else None
         similarity = cooccurrence(data, p, truncate_block(p, categories))
         return row_normalise_max(similarity) if p.normalize else similarity

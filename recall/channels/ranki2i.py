@@ -45,10 +45,9 @@ from pydantic import Field, field_validator
 
 from recall import schema as S
 from recall.channels.base import I2IChannel, Span
-from recall.channels.itemcf import ItemCFParams, category_codes, cooccurrence, truncate_block
+from recall.channels.itemcf import ItemCFParams, cooccurrence, required_categories, truncate_block
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import BetaPrior, PriorMethod, fit_beta_prior, shrink
-from recall.errors import RecallError
 from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
 
 log = logging.getLogger("recall")
@@ -197,12 +196,7 @@ class RankI2I(I2IChannel):
 
     def item_similarity(self, data: TrainData) -> sp.csr_matrix:
         p = self.params
-        categories = None
-        if p.same_category:
-            categories = category_codes(data)
-            if categories is None:
-                raise RecallError(f"channels.{self.name}.same_category needs an items table with a "
-                                  "'category_id' column; add one or set same_category = false")
+        categories = required_categories(data, self.name) if p.same_category else None
         self._fit_ctr(data)
         # Keep every neighbour through itemCF's finish step: the CTR may re-order them,
         # so the top_k cut comes after the product (still one block at a time).
