@@ -47,7 +47,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recall import schema as S
-from recall.channels.base import ChannelParams, I2IChannel, Span, empty_candidates
+from recall.interface import ChannelParams, I2IChannel, Span, empty_candidates
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.sparse import blocks, csr_to_frame, top_k_per_row

@@ -31,8 +31,9 @@ import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict, Field
 
 from recall import schema as S
-from recall.channels.base import BehaviorList, Span
+from recall.interface import BehaviorList, Span
 from recall.context import IIDX, UIDX, TrainData
+from recall.sessions import split_sessions
 
 SESSION = "session"
 
@@ -54,26 +55,6 @@ class GraphParams(BaseModel):
     def of(cls, params: BaseModel) -> "GraphParams":
         """The graph fields of a larger params model (a channel's), by name."""
         return cls(**{name: getattr(params, name) for name in cls.model_fields})
-
-
-def split_sessions(user: np.ndarray, item: np.ndarray, ts: np.ndarray,
-                   gap_hours: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Session number of each event, and the mask of events kept once repeats are collapsed.
-
-    Events are sorted by user then time. A session ends at a new user or, with
-    ``gap_hours``, where consecutive events are further apart. The gap is measured
-    between raw events, before collapsing repeats: clicking A, carting A 50 minutes
-    later and then clicking B 50 minutes after that is one session. Consecutive
-    repeats of one item within a session (click, then cart) are one position.
-    """
-    starts = np.ones(user.size, dtype=bool)
-    starts[1:] = user[1:] != user[:-1]
-    if gap_hours is not None:
-        starts[1:] |= np.diff(ts) > gap_hours * 3600
-    session = np.cumsum(starts, dtype=np.int64) - 1
-    keep = starts.copy()
-    keep[1:] |= item[1:] != item[:-1]
-    return session, keep
 
 
 def sessions(data: TrainData, p: GraphParams) -> pl.DataFrame:

@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from recall import schema as S
-from recall.channels.base import expand_triggers
+from recall.interface import expand_triggers
 from recall.channels.deepwalk import DeepWalk
 from recall.channels.item2vec import Item2Vec
 from recall.channels.node2vec import Node2Vec

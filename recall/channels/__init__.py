@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from recall.channels.association import Association
-from recall.channels.base import Channel, ChannelParams, I2IChannel, expand_triggers
+from recall.interface import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.crowd import Crowd
 from recall.channels.deepwalk import DeepWalk
 from recall.channels.eges import EGES, GES

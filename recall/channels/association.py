@@ -64,9 +64,9 @@ import scipy.sparse as sp
 from pydantic import Field, model_validator
 
 from recall import schema as S
-from recall.channels.base import BehaviorList, ChannelParams, I2IChannel, Span
-from recall.graph import split_sessions
+from recall.interface import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
+from recall.sessions import split_sessions
 from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
 
 

@@ -50,7 +50,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from recall import schema as S
-from recall.channels.base import Channel, ChannelParams, Span, empty_candidates
+from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import PriorMethod, fit_beta_prior, shrink
 from recall.errors import RecallError

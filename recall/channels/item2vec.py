@@ -26,7 +26,7 @@ from pydantic import Field
 from recall.context import IIDX, TrainData
 from recall.embedding import EmbeddingChannel, EmbeddingParams, skipgram
 from recall.graph import SESSION, GraphParams, sessions
-from recall.channels.base import Span
+from recall.interface import Span
 
 
 class Item2VecParams(EmbeddingParams, GraphParams):

@@ -36,7 +36,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recall import schema as S
-from recall.channels.base import BehaviorList, ChannelParams, I2IChannel, Span
+from recall.interface import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
 from recall.errors import RecallError
 from recall.sparse import blocks, row_normalise_max, top_k_per_row

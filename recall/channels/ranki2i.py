@@ -44,7 +44,7 @@ import scipy.sparse as sp
 from pydantic import Field, field_validator
 
 from recall import schema as S
-from recall.channels.base import I2IChannel, Span
+from recall.interface import I2IChannel, Span
 from recall.channels.itemcf import ItemCFParams, cooccurrence, required_categories, truncate_block
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import BetaPrior, PriorMethod, fit_beta_prior, shrink

@@ -27,7 +27,7 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from recall import schema as S
-from recall.channels.base import Channel, ChannelParams, Span, empty_candidates
+from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 
 RETARGET_BEHAVIORS = ("click", "fav", "cart")

@@ -45,7 +45,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recall import schema as S
-from recall.channels.base import BehaviorList, Channel, ChannelParams, Span, empty_candidates
+from recall.interface import BehaviorList, Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.sparse import csr_to_frame, row_indices, top_k_per_row
 

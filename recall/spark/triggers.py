@@ -1,7 +1,7 @@
 """The shared trigger expansion on Spark: triggers x i2i table -> per-user candidates.
 
 Mirrors :attr:`recall.context.TrainData.trigger_matrix` and
-:func:`recall.channels.base.expand_triggers`:
+:func:`recall.interface.expand_triggers`:
 
 - a (user, item) trigger weighs ``max_e bw(b_e) * 0.5 ** (age_e / half_life_days)``
   over the user's events e on the item no older than ``window_days`` (``age`` in days
