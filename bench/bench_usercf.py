@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CACHE = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_itemcf import ensure_data  # noqa: E402  (shared cached synthetic logs)
 CONTENDERS = ("usercf", "whole_product")
 
 
@@ -53,18 +55,6 @@ def reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
-
-
-def ensure_data(users: int, items: int, days: int, seed: int) -> Path:
-    path = CACHE / f"synth-u{users}-i{items}-d{days}-s{seed}"
-    if not (path / "events.parquet").exists():
-        from recall.io import write_dataset
-        from recall.synth import synthesize
-
-        started = time.perf_counter()
-        write_dataset(synthesize(users, items, days, seed), path)
-        print(f"generated {path} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-    return path
 
 
 def whole_product_fit(train, params):

@@ -193,24 +193,28 @@ def apply_overrides(raw: dict, overrides: list[str] | None) -> dict:
     return raw
 
 
+def read_toml(path: str | Path) -> dict:
+    """One TOML config file as a dict; problems become a RecallError naming the file."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise RecallError(f"config file '{path}' does not exist; see configs/default.toml") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecallError(f"config file '{path}' is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise RecallError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 TOML") from None
+    except OSError as exc:
+        raise RecallError(f"cannot read config file '{path}' ({exc.strerror}); pass a readable TOML file") from None
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a TOML config (or the defaults), apply overrides, validate; errors name the field."""
     raw: dict = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
         source = str(path)
-        try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise RecallError(f"config file '{path}' does not exist; see configs/default.toml") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise RecallError(f"config file '{path}' is not valid TOML: {exc}") from None
-        except UnicodeDecodeError:
-            raise RecallError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 TOML") from None
-        except OSError as exc:
-            raise RecallError(f"cannot read config file '{path}' ({exc.strerror}); "
-                              "pass a readable TOML file") from None
+        raw = read_toml(path)
     raw = apply_overrides(raw, overrides)
     try:
         return Config.model_validate(raw)

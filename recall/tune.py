@@ -42,7 +42,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +52,7 @@ from pydantic import ValidationError
 
 from recall import schema as S
 from recall.analysis import TuneConfig, equal_quotas
-from recall.config import Config, _format_validation_error, apply_overrides
+from recall.config import Config, _format_validation_error, apply_overrides, read_toml
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluate import metrics, target_pairs, time_split
@@ -455,21 +454,6 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
 # --- layered configuration -------------------------------------------------------------------------
 
 QUOTA_KEYS = ("quota", "share")
-
-
-def read_toml(path: str | Path) -> dict:
-    """One TOML config file as a dict; problems become a RecallError naming the file."""
-    path = Path(path)
-    try:
-        return tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise RecallError(f"config file '{path}' does not exist; see configs/default.toml") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise RecallError(f"config file '{path}' is not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise RecallError(f"config file '{path}' is not UTF-8 text; save it as UTF-8 TOML") from None
-    except OSError as exc:
-        raise RecallError(f"cannot read config file '{path}' ({exc.strerror}); pass a readable TOML file") from None
 
 
 def merge_config_dicts(base: dict, layer: dict, _path: tuple[str, ...] = ()) -> dict:
