@@ -29,8 +29,8 @@ from recall.channels import get_channel
 from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.io import Dataset, check_id_types, load_dataset
 from recall.filters import apply_filters
+from recall.io import Dataset, check_id_types, load_dataset
 from recall.logs import event
 from recall.merge import merge_channels
 from recall.publish import OutputLock, fault_point, output_lock, publish, resolve_run
@@ -100,7 +100,7 @@ def fit_run_channels(cfg: Config, train: TrainData, names: Iterable[str], step: 
     for name in names:
         try:
             outputs.update(fit_channels(cfg, train, [name], step))
-        except Exception as exc:  # noqa: BLE001 - any failure of an optional part is tolerated
+        except Exception as exc:  # any failure of an optional part is tolerated
             if name not in optional:
                 raise
             failure = {"part": f"channel:{name}", "error_type": type(exc).__name__,

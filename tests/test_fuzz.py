@@ -88,6 +88,7 @@ EXPECTED = {
     "empty-side-table": "error", "odd-side-attributes": "any", "chaos": "any",
 }
 CLASSES = sorted(EXPECTED)
+RESHAPING = ("missing-column", "renamed-column", "empty-events")
 
 
 @st.composite
@@ -126,6 +127,8 @@ def _on_ints(values: list, function) -> list:
 
 
 def _rows(draw, n: int) -> list[int]:
+    if n == 0:
+        return []
     return sorted(set(draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=n))))
 
 
@@ -138,7 +141,7 @@ def apply_defect(draw, name: str, ev: dict, items: dict, users: dict, meta: dict
     """Damage the clean tables in place with one defect class."""
     id_col = draw(st.sampled_from([S.USER, S.ITEM]))
     n = len(ev[S.TS])
-    if name == "duplicates":
+    if name == "duplicates" and n:
         picks = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=5))
         for col in ev:
             ev[col] = ev[col] + [ev[col][i] for i in picks]
@@ -173,6 +176,8 @@ def apply_defect(draw, name: str, ev: dict, items: dict, users: dict, meta: dict
         keep = _rows(draw, len(users[S.USER]))
         for col in users:
             users[col] = [v for i, v in enumerate(users[col]) if i in keep]
+    elif name == "duplicates":
+        pass
     elif name == "single-event":
         for col in ev:
             ev[col] = ev[col][:1]
@@ -230,7 +235,8 @@ def apply_defect(draw, name: str, ev: dict, items: dict, users: dict, meta: dict
         col = draw(st.sampled_from([c for c in side if c != id_col]))
         side[col] = [draw(JUNK) for _ in side[col]]
     elif name == "chaos":
-        for other in draw(st.lists(st.sampled_from([c for c in CLASSES if c != "chaos"]), min_size=2, max_size=4)):
+        chosen = draw(st.lists(st.sampled_from([c for c in CLASSES if c != "chaos"]), min_size=2, max_size=4))
+        for other in sorted(chosen, key=lambda c: c in RESHAPING):  # the others need the columns
             apply_defect(draw, other, ev, items, users, meta)
 
 
@@ -303,10 +309,10 @@ def write_case(folder: Path, tables: dict, fmt: str, meta: dict) -> None:
         if columns is None:
             continue
         path = folder / f"{name}.{fmt}"
-        if name == "events" and meta["zero_bytes"]:
+        if name == "events" and meta.get("zero_bytes"):
             path.write_bytes(b"")
         elif fmt == "csv":
-            write_csv(path, columns, meta["duplicate_header"] and name == "events")
+            write_csv(path, columns, meta.get("duplicate_header", False) and name == "events")
         else:
             write_parquet(path, columns)
 
@@ -405,3 +411,52 @@ def test_every_bad_input_class_many_times(config, name):
         fuzz_case(config, case, fmt, outcomes)
 
     check()
+
+
+# ---------------------------------------------------------------- a handful through the installed command
+
+def _clean(n: int = 30) -> dict:
+    return {"user_id": [i % 7 for i in range(n)], "item_id": [(i * 3) % 11 for i in range(n)],
+            "behavior": [S.BEHAVIORS[i % 5] for i in range(n)], "ts": [T0 - 3600 * i for i in range(n)]}
+
+
+def _with(**columns) -> dict:
+    return {**_clean(), **columns}
+
+
+SUBPROCESS_CASES = {
+    # name: (command, format, tables, meta, exit code, text expected on stderr)
+    "duplicates": ("check", "csv", {"events": {k: v + v[:2] for k, v in _clean().items()}}, {}, 0,
+                   "dropped 2 exact duplicate event row(s)"),
+    "duplicates-run": ("run", "parquet", {"events": {k: v + v[:2] for k, v in _clean().items()}}, {}, 0,
+                       "dropped 2 exact duplicate event row(s)"),
+    "millisecond-ts": ("check", "csv", {"events": _with(ts=[t * 1000 for t in _clean()["ts"]])}, {}, 1,
+                       "looks like milliseconds"),
+    "null-ids": ("check", "parquet", {"events": _with(user_id=[None] + _clean()["user_id"][1:])}, {}, 1,
+                 "null value(s)"),
+    "zero-byte-file": ("check", "csv", {"events": _clean()}, {"zero_bytes": True}, 1, "cannot read"),
+    "huge-ids": ("check", "csv", {"events": _with(item_id=[2**63] + _clean()["item_id"][1:])}, {}, 1,
+                 "above 2^63-1"),
+    "duplicate-header": ("check", "csv", {"events": _clean()}, {"duplicate_header": True}, 1,
+                         "more than once in its header"),
+    "side-id-type": ("run", "csv", {"events": _clean(), "items": {"item_id": [f"x{i}" for i in range(11)]}}, {},
+                     1, "use the same id type in both files"),
+}
+
+
+def test_bad_input_through_the_installed_command(tmp_path, config):
+    procs = {}
+    for name, (command, fmt, tables, meta, _, _) in SUBPROCESS_CASES.items():
+        folder = tmp_path / name / "data"
+        write_case(folder, tables, fmt, {"duplicate_header": False, "zero_bytes": False, **meta})
+        argv = (["data", "check", str(folder)] if command == "check" else
+                ["run", "-c", str(config), "--data", str(folder), "--out", str(tmp_path / name / "out")])
+        procs[name] = subprocess.Popen([str(RECALL), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)
+    for name, proc in procs.items():
+        _, stderr = proc.communicate(timeout=120)
+        code, text_ = SUBPROCESS_CASES[name][4:]
+        assert proc.returncode == code, (name, stderr)
+        assert text_ in stderr and "Traceback" not in stderr, (name, stderr)
+        if code == 1:
+            assert [line for line in stderr.splitlines() if line.startswith("error: ")], (name, stderr)

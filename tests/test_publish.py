@@ -12,8 +12,19 @@ import polars as pl
 import pytest
 
 from recall.errors import RecallError
-from recall.publish import (FAULT_ENV, LATEST, SUCCESS, SUPERSEDED, fault_point, lock_holder, output_lock, publish,
-                            published_runs, resolve_run, write_parquet_atomic)
+from recall.publish import (
+    FAULT_ENV,
+    LATEST,
+    SUCCESS,
+    SUPERSEDED,
+    fault_point,
+    lock_holder,
+    output_lock,
+    publish,
+    published_runs,
+    resolve_run,
+    write_parquet_atomic,
+)
 
 
 def table(value: int) -> pl.DataFrame:
