@@ -50,7 +50,7 @@ from recall import schema as S
 from recall.interface import ChannelParams, I2IChannel, Span, empty_candidates
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.sparse import blocks, csr_to_frame, top_k_per_row
+from recall.sparse import blocks, chunk_rows, csr_to_frame, row_blocks, top_k_per_row
 
 
 class EmbeddingParams(ChannelParams):
@@ -254,7 +254,7 @@ def user_weights(data: TrainData, half_life_days: float | None) -> sp.csr_matrix
 
 def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: int, *,
                  half_life_days: float | None = None, exclude_interacted: bool = True,
-                 user_block: int = 20_000) -> pl.DataFrame:
+                 user_block: int = 20_000, users: np.ndarray | None = None) -> pl.DataFrame:
     """u2i by user vector: normalise(sum_i w(u, i) v_i), its ``n`` nearest unseen items with cosine > 0.
 
     faiss cannot skip a different set of items per query, so each user asks for
@@ -268,18 +268,19 @@ def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: in
     indexed[index.items] = True
     seen_keys = None
     frames = []
-    for start, stop in blocks(data.n_users, user_block):
-        queries = normalise_rows(weights[start:stop] @ vectors)
+    for chunk in row_blocks(users, data.n_users, user_block):
+        size = len(chunk_rows(chunk))
+        queries = normalise_rows(weights[chunk] @ vectors)
         active = np.flatnonzero(np.abs(queries).sum(axis=1) > 0)
-        block_seen = seen[start:stop]
-        extra = np.zeros(stop - start, dtype=np.int64)
+        block_seen = seen[chunk]
+        extra = np.zeros(size, dtype=np.int64)
         if exclude_interacted:
             # Only engaged items that are in the index can take a result slot.
-            extra = np.bincount(np.repeat(np.arange(stop - start), np.diff(block_seen.indptr)),
-                                weights=indexed[block_seen.indices], minlength=stop - start).astype(np.int64)
+            extra = np.bincount(np.repeat(np.arange(size), np.diff(block_seen.indptr)),
+                                weights=indexed[block_seen.indices], minlength=size).astype(np.int64)
             block_seen.sort_indices()
             # Sorted keys (CSR rows, sorted columns): membership is one binary search.
-            seen_keys = (np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(block_seen.indptr))
+            seen_keys = (np.repeat(np.arange(size, dtype=np.int64), np.diff(block_seen.indptr))
                          * data.n_items + block_seen.indices)
 
         def drop(rows, cols):
@@ -292,13 +293,13 @@ def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: in
         k_needed = n + extra[active]
         k_group = np.where(k_needed <= n, n, 1 << np.ceil(np.log2(np.maximum(k_needed, 1))).astype(np.int64))
         k_group = np.minimum(k_group, index.size)
-        table = sp.csr_matrix((stop - start, data.n_items), dtype=np.float64)
+        table = sp.csr_matrix((size, data.n_items), dtype=np.float64)
         for k in np.unique(k_group):
             group = active[k_group == k]
             scores, found = index.search(queries[group], int(k))
             table = table + results_to_csr(group, scores, found, table.shape, drop=drop)
         frames.append(csr_to_frame(top_k_per_row(table, n), data.user_ids, data.item_ids, S.USER, S.ITEM,
-                                   row_offset=start))
+                                   row_index=chunk_rows(chunk)))
     return pl.concat(frames) if frames else empty_candidates(data)
 
 
@@ -340,12 +341,13 @@ class EmbeddingChannel(I2IChannel):
     def item_similarity(self, data: TrainData) -> sp.csr_matrix:
         return self.fit(data).similarity_
 
-    def recommend(self, data: TrainData, n: int) -> pl.DataFrame:
+    def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         if self.params.retrieval == "triggers":
-            return super().recommend(data, n)
+            return super().recommend(data, n, users)
         return search_users(data, self.index_, self.vectors_, n,
                             half_life_days=self.params.user_vector_half_life_days,
-                            exclude_interacted=self.exclude_interacted, user_block=self.params.user_block)
+                            exclude_interacted=self.exclude_interacted, user_block=self.params.user_block,
+                            users=users)
 
     def extra_tables(self, data: TrainData) -> dict[str, pl.DataFrame]:
         if not self.params.publish_vectors:

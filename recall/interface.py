@@ -6,13 +6,14 @@ import math
 from abc import ABC, abstractmethod
 from typing import Annotated, ClassVar
 
+import numpy as np
 import polars as pl
 import scipy.sparse as sp
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from recall import schema as S
 from recall.context import TrainData
-from recall.sparse import blocks, csr_to_frame, top_k_per_row
+from recall.sparse import chunk_rows, csr_to_frame, row_blocks, top_k_per_row
 
 
 def _infinite_is_none(value: float | None) -> float | None:
@@ -71,8 +72,13 @@ class Channel(ABC):
         """Learn from the training data; returns self."""
 
     @abstractmethod
-    def recommend(self, data: TrainData, n: int) -> pl.DataFrame:
-        """Up to ``n`` candidates per user: ``user_id, item_id, score, rank`` (rank 1 is best)."""
+    def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
+        """Up to ``n`` candidates per user: ``user_id, item_id, score, rank`` (rank 1 is best).
+
+        ``users`` (sorted user indices) restricts the output to those users, with
+        exactly the rows they get when every user is recommended at once: the
+        pipeline streams users shard by shard through the fitted model.
+        """
 
     def similar_items(self, data: TrainData) -> pl.DataFrame | None:
         """The item-to-item table ``item_id, neighbor_id, score, rank``, for channels that have one."""
@@ -96,31 +102,32 @@ class I2IChannel(Channel):
         self.similarity_ = self.item_similarity(data)
         return self
 
-    def recommend(self, data: TrainData, n: int) -> pl.DataFrame:
+    def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         return expand_triggers(data, self.similarity_, n, exclude_interacted=self.exclude_interacted,
-                               user_block=self.params.user_block)
+                               user_block=self.params.user_block, users=users)
 
     def similar_items(self, data: TrainData) -> pl.DataFrame:
         return csr_to_frame(self.similarity_, data.item_ids, data.item_ids, S.ITEM, S.NEIGHBOR)
 
 
 def expand_triggers(data: TrainData, similarity: sp.csr_matrix, n: int, *,
-                    exclude_interacted: bool = True, user_block: int = 20_000) -> pl.DataFrame:
+                    exclude_interacted: bool = True, user_block: int = 20_000,
+                    users: np.ndarray | None = None) -> pl.DataFrame:
     """u2i score = sum over a user's triggers of trigger weight x i2i score; top ``n`` per user.
 
-    Users are scored block by block so memory depends on the block size, not
-    on the number of users. Items the user already engaged with are dropped
-    when ``exclude_interacted`` is set.
+    Users (all, or the sorted indices ``users``) are scored block by block so
+    memory depends on the block size, not on the number of users. Items the user
+    already engaged with are dropped when ``exclude_interacted`` is set.
     """
     triggers = data.trigger_matrix
     seen = data.interactions
     frames = []
-    for start, stop in blocks(data.n_users, user_block):
-        scores = (triggers[start:stop] @ similarity).tocsr()
+    for chunk in row_blocks(users, data.n_users, user_block):
+        scores = (triggers[chunk] @ similarity).tocsr()
         if exclude_interacted:
-            scores = scores - scores.multiply(seen[start:stop])
+            scores = scores - scores.multiply(seen[chunk])
         frames.append(csr_to_frame(top_k_per_row(scores, n), data.user_ids, data.item_ids,
-                                   S.USER, S.ITEM, row_offset=start))
+                                   S.USER, S.ITEM, row_index=chunk_rows(chunk)))
     return pl.concat(frames) if frames else empty_candidates(data)
 
 

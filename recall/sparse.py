@@ -94,11 +94,13 @@ def _exact_top_k(rows, cols, values, n_rows, k):
 
 
 def csr_to_frame(m: sp.csr_matrix, row_ids: pl.Series, col_ids: pl.Series,
-                 row_name: str, col_name: str, row_offset: int = 0) -> pl.DataFrame:
+                 row_name: str, col_name: str, row_offset: int = 0,
+                 row_index: np.ndarray | None = None) -> pl.DataFrame:
     """Long table ``row_name, col_name, score, rank`` of a sparse matrix's positive entries.
 
     Rank 1 is the best score in its row; ties go to the smaller column index.
-    ``row_offset`` is added to the row numbers (for matrices holding one block of rows).
+    For matrices holding a subset of rows, ``row_offset`` is added to the row
+    numbers (a contiguous block), or ``row_index[r]`` is the real row of row ``r``.
     """
     rows = row_indices(m)
     positive = m.data > 0
@@ -106,8 +108,9 @@ def csr_to_frame(m: sp.csr_matrix, row_ids: pl.Series, col_ids: pl.Series,
     order = np.lexsort((cols, -vals, rows))
     rows, cols, vals = rows[order], cols[order], vals[order]
     starts = np.searchsorted(rows, rows, side="left")
+    real_rows = rows + row_offset if row_index is None else np.asarray(row_index, dtype=np.int64)[rows]
     return pl.DataFrame({
-        row_name: row_ids.gather(rows + row_offset),
+        row_name: row_ids.gather(real_rows),
         col_name: col_ids.gather(cols),
         "score": vals.astype(np.float64),
         "rank": (np.arange(rows.size) - starts + 1).astype(np.int32),
@@ -129,3 +132,29 @@ def blocks(n: int, size: int):
     """Yield ``(start, stop)`` ranges covering ``range(n)`` in steps of ``size``."""
     for start in range(0, n, max(1, size)):
         yield start, min(n, start + size)
+
+
+def row_blocks(rows: np.ndarray | None, n: int, size: int):
+    """Yield the row numbers ``rows`` (all of ``range(n)`` when None) in chunks of ``size``.
+
+    A chunk is a ``slice`` when its rows are consecutive (cheap views of CSR rows)
+    and an index array otherwise; both index numpy and scipy the same way.
+    """
+    if rows is None:
+        for start, stop in blocks(n, size):
+            yield slice(start, stop)
+        return
+    rows = np.asarray(rows, dtype=np.int64)
+    for start, stop in blocks(rows.size, size):
+        chunk = rows[start:stop]
+        if chunk.size and chunk[-1] - chunk[0] == chunk.size - 1:
+            yield slice(int(chunk[0]), int(chunk[-1]) + 1)
+        else:
+            yield chunk
+
+
+def chunk_rows(chunk: slice | np.ndarray) -> np.ndarray:
+    """The row numbers of a chunk from :func:`row_blocks`."""
+    if isinstance(chunk, slice):
+        return np.arange(chunk.start, chunk.stop, dtype=np.int64)
+    return chunk

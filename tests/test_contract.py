@@ -6,6 +6,7 @@ registered; ``VARIANTS`` adds non-default parameter sets worth checking too.
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -21,6 +22,7 @@ N = 7
 VARIANTS: dict[str, list[dict]] = {
     "association": [dict(session_gap_hours=12, popularity_normalize=True, top_k=5)],
     "crowd": [dict(min_support=5, min_users=2)],
+    "item2vec": [dict(retrieval="user_vector")],
 }
 CASES = [(name, {}) for name in sorted(CHANNELS)] + [
     (name, params) for name, variants in sorted(VARIANTS.items()) if name in CHANNELS for params in variants]
@@ -81,3 +83,19 @@ def test_i2i_table_contract(name, params, dataset):
     assert table.filter(pl.col(S.ITEM) == pl.col(S.NEIGHBOR)).height == 0
     assert table.select(S.ITEM, S.NEIGHBOR).is_duplicated().sum() == 0
     assert (table[S.SCORE] > 0).all()
+
+
+@pytest.mark.parametrize(("name", "params"), CASES, ids=CASE_IDS)
+def test_recommend_by_user_shard_equals_all_at_once(name, params, dataset):
+    """Streaming users shard by shard through the fitted model gives exactly the all-users table."""
+    channel, train = fitted(name, params, dataset)
+    everyone = channel.recommend(train, N).sort(S.USER, S.RANK)
+    users = np.arange(train.n_users)
+    shards = [users[users % 3 == k] for k in range(3)] + [users[:5], users[5:]]  # scattered, then contiguous
+    scattered = pl.concat([channel.recommend(train, N, users=s) for s in shards[:3]]).sort(S.USER, S.RANK)
+    contiguous = pl.concat([channel.recommend(train, N, users=s) for s in shards[3:]]).sort(S.USER, S.RANK)
+    assert scattered.equals(everyone)
+    assert contiguous.equals(everyone)
+    one = channel.recommend(train, N, users=np.array([7]))
+    assert one[S.USER].unique().to_list() in ([train.user_ids[7]], [])
+    assert one.equals(everyone.filter(pl.col(S.USER) == train.user_ids[7]))

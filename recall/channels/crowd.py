@@ -54,7 +54,7 @@ from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import PriorMethod, fit_beta_prior, shrink
 from recall.errors import RecallError
-from recall.sparse import blocks
+from recall.sparse import row_blocks
 
 log = logging.getLogger("recall")
 
@@ -271,12 +271,13 @@ class Crowd(Channel):
                         .select(FINEST, IIDX, "score", "pos"))
 
     # ------------------------------------------------------------ recommend
-    def recommend(self, data: TrainData, n: int) -> pl.DataFrame:
+    def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         p = self.params
         seen = data.engaged().select(UIDX, IIDX).unique()
         frames = []
-        for start, stop in blocks(data.n_users, p.user_block):
-            in_block = pl.col(UIDX).is_between(start, stop - 1)
+        for chunk in row_blocks(users, data.n_users, p.user_block):
+            in_block = (pl.col(UIDX).is_between(chunk.start, chunk.stop - 1) if isinstance(chunk, slice)
+                        else pl.col(UIDX).is_in(pl.Series(chunk).cast(pl.Int32).implode()))
             recs = (self.user_crowd_.filter(in_block)
                     .join(self.chains_, on=FINEST)
                     .join(seen.filter(in_block), on=[UIDX, IIDX], how="anti")

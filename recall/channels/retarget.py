@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
@@ -106,7 +107,9 @@ class Retarget(Channel):
         self.scores_ = retarget_scores(data, self.params)
         return self
 
-    def recommend(self, data: TrainData, n: int) -> pl.DataFrame:
+    def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         k = min(n, self.params.max_per_user)
         recs = self.scores_.filter(pl.col(S.RANK) <= k).select(S.USER, S.ITEM, S.SCORE, S.RANK)
+        if users is not None:
+            recs = recs.filter(pl.col(S.USER).is_in(data.user_ids.gather(users).implode()))
         return recs if recs.height else empty_candidates(data)

@@ -197,17 +197,19 @@ class UserCF(Channel):
         self.similarity_ = user_similarity(x, p)
         return self
 
-    def recommend(self, data: TrainData, n: int) -> pl.DataFrame:
+    def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         p = self.params
         seen = data.interactions
+        rows = np.arange(data.n_users) if users is None else np.asarray(users, dtype=np.int64)
         # Upper bound of each user's raw candidates: the items of all its neighbours.
-        costs = (self.similarity_ > 0).astype(np.float64) @ np.diff(self.strength_.indptr)
+        costs = (self.similarity_[rows] > 0).astype(np.float64) @ np.diff(self.strength_.indptr)
         frames = []
         for start, stop in cost_blocks(costs, p.user_block, p.max_block_pairs):
-            scores = sp.csr_matrix(self.similarity_[start:stop] @ self.strength_)
-            scores = scores - scores.multiply(seen[start:stop])
+            block = rows[start:stop]
+            scores = sp.csr_matrix(self.similarity_[block] @ self.strength_)
+            scores = scores - scores.multiply(seen[block])
             frames.append(csr_to_frame(top_k_per_row(scores, n), data.user_ids, data.item_ids,
-                                       S.USER, S.ITEM, row_offset=start))
+                                       S.USER, S.ITEM, row_index=block))
         frames = [f for f in frames if f.height]
         return pl.concat(frames) if frames else empty_candidates(data)
 
