@@ -59,6 +59,12 @@ class RunConfig(Strict):
         default_factory=list,
         description="channels whose failure does not fail the run: it is logged as an error, recorded "
                     "under 'failures' in the manifest, and the run is published without them")
+    shards: int = Field(
+        1, ge=1, le=4096,
+        description="user shards (stable hash of user_id): channels are fitted once, then recommendation, "
+                    "merge, filters and writing stream one shard at a time, so per-user tables in memory "
+                    "hold one shard; with more than 1, candidate tables are written as "
+                    "'<table>.parquet/shard=<k>/part-0.parquet' folders (read as one dataset)")
 
 
 class TriggerConfig(Strict):

@@ -220,8 +220,9 @@ def purchase_blocks(data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
     return blocks.select(S.USER, KEY, "last_buy", "until", "clicks").sort(S.USER, KEY)
 
 
-def _purchase_filter(frame: pl.DataFrame, data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
-    blocked = purchase_blocks(data, cfg).select(
+def _purchase_filter(frame: pl.DataFrame, data: TrainData, cfg: PurchaseFilterConfig,
+                     blocks: pl.DataFrame | None = None) -> pl.DataFrame:
+    blocked = (purchase_blocks(data, cfg) if blocks is None else blocks).select(
         pl.col(S.USER).cast(frame.schema[S.USER]), KEY, _hit=pl.lit(True))
     keyed = _with_key(frame.select(S.USER, S.ITEM), _side_column(data, S.CATEGORY))
     # Each (user, key) is blocked at most once, so the left join keeps one row per candidate, in order.
@@ -332,7 +333,7 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
 # --------------------------------------------------------------------------- all together
 
 def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
-                  budget: int) -> tuple[pl.DataFrame, dict[str, int]]:
+                  budget: int, blocks: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, int]]:
     """Run the enabled filters on merged candidates, keep ``budget`` per user, re-rank 1..n.
 
     Parameters
@@ -348,6 +349,10 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
         The filter settings.
     budget
         Candidates per user after filtering.
+    blocks
+        :func:`purchase_blocks` of ``data`` if already computed: the blocks depend on
+        every user's purchases (estimated periods), so a run streaming users shard by
+        shard computes them once and passes them to each shard.
 
     Returns
     -------
@@ -365,7 +370,10 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
     rank_dtype = candidates.schema[S.RANK]
     frame = candidates
     removed = dict.fromkeys((*FILTERS, "budget"), 0)
-    steps = ((cfg.purchase, _purchase_filter), (cfg.blacklist, _blacklist_filter),
+    def purchase(frame, data, section):
+        return _purchase_filter(frame, data, section, blocks)
+
+    steps = ((cfg.purchase, purchase), (cfg.blacklist, _blacklist_filter),
              (cfg.diversity, _diversity_filter))
     for name, (section, run) in zip(FILTERS, steps):
         if section.enabled and frame.height:

@@ -29,11 +29,14 @@ from recall.channels import get_channel
 from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.filters import apply_filters
+from recall.filters import apply_filters, purchase_blocks
+from recall.interface import Channel
 from recall.io import Dataset, check_id_types, load_dataset
 from recall.logs import event
 from recall.merge import merge_channels
+from recall.meter import StageMeter
 from recall.publish import OutputLock, fault_point, output_lock, publish, resolve_run
+from recall.shards import shard_of, user_shards
 
 log = logging.getLogger("recall")
 Step = Callable[[str], contextlib.AbstractContextManager]
@@ -65,17 +68,34 @@ def default_run_date(data: Dataset) -> str:
     return (last + dt.timedelta(days=1)).isoformat()
 
 
-def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutput:
-    """Fit one channel and produce its candidates (``n`` per user) and its i2i table if any."""
-    params = cfg.channels.get(name)
-    channel = get_channel(name)(params)
+@dataclass
+class FittedChannel:
+    """A channel fitted on all events, ready to recommend for any set of users."""
+
+    name: str
+    channel: Channel
+    i2i: pl.DataFrame | None
+    extra: dict[str, pl.DataFrame]
+    seconds: float
+
+
+def fit_model(name: str, cfg: Config, train: TrainData) -> FittedChannel:
+    """Fit one channel and build its user-independent tables (i2i, extras)."""
+    channel = get_channel(name)(cfg.channels.get(name))
     started = time.perf_counter()
     channel.fit(train)
     fault_point(f"channel:{name}")
-    candidates = channel.recommend(train, n)
     i2i = channel.similar_items(train)
     extra = channel.extra_tables(train)
-    return ChannelOutput(name, candidates, i2i, time.perf_counter() - started, extra)
+    return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started)
+
+
+def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutput:
+    """Fit one channel and produce its candidates (``n`` per user) and its i2i table if any."""
+    started = time.perf_counter()
+    model = fit_model(name, cfg, train)
+    candidates = model.channel.recommend(train, n)
+    return ChannelOutput(name, candidates, model.i2i, time.perf_counter() - started, model.extra)
 
 
 def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
@@ -88,33 +108,6 @@ def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step
     return outputs
 
 
-def fit_run_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress
-                     ) -> tuple[dict[str, ChannelOutput], list[dict]]:
-    """Fit channels for a run; a failure of a channel in ``run.optional_channels`` is recorded, not raised.
-
-    Returns the outputs of the channels that worked and one record per failure
-    (``part``, ``error_type``, ``message``, ``traceback``) for the manifest.
-    """
-    optional = set(cfg.run.optional_channels)
-    outputs, failures = {}, []
-    for name in names:
-        try:
-            outputs.update(fit_channels(cfg, train, [name], step))
-        except Exception as exc:  # any failure of an optional part is tolerated
-            if name not in optional:
-                raise
-            failure = {"part": f"channel:{name}", "error_type": type(exc).__name__,
-                       "message": str(exc), "traceback": traceback.format_exc()}
-            failures.append(failure)
-            event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
-                  "the run is published without it", level=logging.ERROR,
-                  channel=name, error_type=failure["error_type"], error=failure["message"])
-    if not outputs:
-        raise RecallError("every enabled channel failed: " + "; ".join(
-            f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
-    return outputs, failures
-
-
 def locked(cfg: Config) -> contextlib.AbstractContextManager[OutputLock]:
     """The output root's lock, taken as ``output.on_lock`` and ``output.lock_timeout_seconds`` say."""
     return output_lock(cfg.output.root, cfg.output.on_lock, cfg.output.lock_timeout_seconds)
@@ -125,12 +118,13 @@ def _publish(cfg: Config, lock: OutputLock, run_date: str, incremental: bool = F
                    grace_seconds=cfg.output.superseded_grace_seconds, lock=lock)
 
 
-def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData
-                  ) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData,
+                  blocks: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
     """Merge under quotas with a reserve, then apply the mechanism filters down to the budget.
 
     Returns the filtered candidates, the unfiltered merge (budget only) and how many
-    candidates each filter removed.
+    candidates each filter removed. ``blocks`` are the purchase blocks if already
+    computed (:func:`recall.filters.purchase_blocks`, shared by user shards).
     """
     quotas = cfg.quotas()
     strict = {name for name in candidates if cfg.channels[name].strict}
@@ -138,7 +132,7 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
     merged = merge_channels(candidates, {n: quotas[n] for n in candidates}, budget + cfg.filters.reserve,
                             strict=strict, backfill=cfg.merge.backfill)
     fault_point("merge")
-    filtered, removed = apply_filters(merged, train, cfg.filters, budget)
+    filtered, removed = apply_filters(merged, train, cfg.filters, budget, blocks)
     return filtered, merged.filter(pl.col(S.RANK) <= budget), removed
 
 
@@ -158,15 +152,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _record_channel(pub, output: ChannelOutput) -> None:
-    pub.write_table(f"channels/{output.name}.parquet", output.candidates)
-    if output.i2i is not None:
-        pub.write_table(f"i2i/{output.name}.parquet", output.i2i)
-    for relative, table in output.extra.items():
-        pub.write_table(relative, table)
-    pub.manifest.setdefault("timings_seconds", {})[f"channel.{output.name}"] = round(output.seconds, 3)
-
-
 def _stamp_manifest(pub, cfg: Config, data: Dataset | None, failures: list[dict] | None = None) -> None:
     """Config, inputs, versions; and for a full run the failures of optional parts and the status."""
     if failures is not None:
@@ -183,30 +168,155 @@ def _stamp_manifest(pub, cfg: Config, data: Dataset | None, failures: list[dict]
         pub.manifest["inputs"] = {name: fingerprint(path) for name, path in data.files.items()}
 
 
+def fit_run_models(cfg: Config, train: TrainData, names: Iterable[str], stage: Step
+                   ) -> tuple[dict[str, FittedChannel], list[dict]]:
+    """Fit the run's channels; a failure of a channel in ``run.optional_channels`` is recorded, not raised."""
+    models, failures = {}, []
+    for name in names:
+        with stage(f"fit {name}"), tolerated(cfg, f"channel:{name}", failures):
+            models[name] = fit_model(name, cfg, train)
+    return models, failures
+
+
+@contextlib.contextmanager
+def tolerated(cfg: Config, part: str, failures: list[dict], **where):
+    """Let an optional channel's failure pass: record it in ``failures`` and log it as an error."""
+    name = part.split(":", 1)[1]
+    try:
+        yield
+    except Exception as exc:  # any failure of an optional part is tolerated
+        if name not in cfg.run.optional_channels:
+            raise
+        failure = {"part": part, **where, "error_type": type(exc).__name__, "message": str(exc),
+                   "traceback": traceback.format_exc()}
+        failures.append(failure)
+        event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
+              "the run is published without it", level=logging.ERROR,
+              channel=name, error_type=failure["error_type"], error=failure["message"])
+
+
+@dataclass
+class RunTotals:
+    """Row and user counts added up over user shards, for the summary."""
+
+    channels: dict[str, dict] = field(default_factory=dict)
+    merged: dict = field(default_factory=lambda: {"rows": 0, "users": 0, "by_source": {}})
+    removed: dict[str, int] = field(default_factory=dict)
+
+    def add_channel(self, name: str, frame: pl.DataFrame) -> None:
+        row = self.channels.setdefault(name, {"rows": 0, "users": 0})
+        row["rows"] += frame.height
+        row["users"] += frame[S.USER].n_unique()  # shards hold disjoint users
+
+    def add(self, candidates: dict[str, pl.DataFrame], merged: pl.DataFrame, removed: dict[str, int]) -> None:
+        for name, frame in candidates.items():
+            self.add_channel(name, frame)
+        self.merged["rows"] += merged.height
+        self.merged["users"] += merged[S.USER].n_unique()
+        for source, count in merged.group_by("source").len().iter_rows():
+            self.merged["by_source"][source] = self.merged["by_source"].get(source, 0) + count
+        for key, count in removed.items():
+            self.removed[key] = self.removed.get(key, 0) + count
+
+
 def run(cfg: Config, step: Step = no_progress) -> dict:
-    """Fit every enabled channel, merge, and publish all tables as one new run."""
+    """Fit every enabled channel, then recommend, merge, filter and publish shard by shard as one new run.
+
+    Channels are fitted once on all events. Users are split into ``run.shards``
+    shards (:mod:`recall.shards`); each shard's candidates go through the merge and
+    filters and are written before the next shard starts, so the per-user tables
+    in memory hold one shard. The manifest records every stage's time and peak
+    memory (``stages``, :mod:`recall.meter`).
+    """
     names = cfg.enabled_channels()
     if not names:
         raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
+    meter = StageMeter()
+
+    @contextlib.contextmanager
+    def stage(name: str, progress: str | None = None):
+        with meter.stage(name), (step(progress or name) if progress != "" else contextlib.nullcontext()):
+            yield
+
     with locked(cfg) as lock:
         fault_point("lock:acquired")
-        with step("load data"):
+        with stage("load data"):
             data = load_data(cfg)
             train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
         run_date = cfg.output.run_date or default_run_date(data)
-        outputs, failures = fit_run_channels(cfg, train, names, step)
-        with step("merge and filter"):
-            started = time.perf_counter()
-            merged, _, removed = merge_outputs(cfg, {n: o.candidates for n, o in outputs.items()}, train)
-            merge_seconds = time.perf_counter() - started
+        models, failures = fit_run_models(cfg, train, names, stage)
+        if not models:
+            raise RecallError("every enabled channel failed: " + "; ".join(
+                f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+        blocks = None
+        if cfg.filters.purchase.enabled:
+            with stage("purchase blocks"):
+                blocks = purchase_blocks(train, cfg.filters.purchase)
+        shards = user_shards(train.user_ids, cfg.run.shards)
+        n = cfg.candidates_per_user + cfg.filters.reserve
+        totals = RunTotals()
+        recommend_seconds = dict.fromkeys(models, 0.0)
+        # One "publish" step spans the whole publication: candidates are written as they are made.
         with step("publish"), _publish(cfg, lock, run_date) as pub:
-            for output in outputs.values():
-                _record_channel(pub, output)
-            pub.write_table("candidates.parquet", merged)
-            pub.manifest.setdefault("timings_seconds", {})["merge_and_filter"] = round(merge_seconds, 3)
-            pub.manifest["filters_removed"] = removed
+            with stage("write model tables", progress=""):
+                for model in models.values():
+                    _record_model(pub, model)
+            for k, users in enumerate(shards):
+                with step("recommend, merge and filter" + (f" (users shard {k + 1}/{len(shards)})"
+                                                             if len(shards) > 1 else "")):
+                    candidates = {}
+                    for name, model in list(models.items()):
+                        started = time.perf_counter()
+                        with stage(f"recommend {name}", progress=""), \
+                                tolerated(cfg, f"channel:{name}", failures, shard=k):
+                            candidates[name] = model.channel.recommend(train, n, users)
+                        recommend_seconds[name] += time.perf_counter() - started
+                        if name not in candidates:
+                            del models[name]  # failed: the remaining shards go on without it
+                    if not candidates:
+                        raise RecallError("every enabled channel failed: " + "; ".join(
+                            f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+                    with stage("merge and filter", progress=""):
+                        merged, _, removed = merge_outputs(cfg, candidates, train, blocks)
+                    with stage("write candidates", progress=""):
+                        _write_candidates(pub, candidates, merged, k, len(shards))
+                    totals.add(candidates, merged, removed)
+                    del candidates, merged
+            timings = pub.manifest.setdefault("timings_seconds", {})
+            for name, model in models.items():
+                timings[f"channel.{name}"] = round(model.seconds + recommend_seconds[name], 3)
+            timings["merge_and_filter"] = round(meter.stages["merge and filter"]["seconds"], 3)
+            pub.manifest["filters_removed"] = totals.removed
+            pub.manifest["shards"] = len(shards)
+            pub.manifest.update(meter.report())
             _stamp_manifest(pub, cfg, data, failures)
-    return summary(cfg, pub, outputs, merged, failures)
+    channels = {name: {**totals.channels[name], "i2i_rows": None if m.i2i is None else m.i2i.height,
+                       "seconds": round(m.seconds + recommend_seconds[name], 2)}
+                for name, m in models.items()}
+    return summary(pub, channels, totals.merged, failures)
+
+
+def _record_model(pub, model: FittedChannel) -> None:
+    if model.i2i is not None:
+        pub.write_table(f"i2i/{model.name}.parquet", model.i2i)
+    for relative, table in model.extra.items():
+        pub.write_table(relative, table)
+
+
+def _write_candidates(pub, candidates: dict[str, pl.DataFrame], merged: pl.DataFrame, shard: int,
+                      n_shards: int) -> None:
+    """One shard's channel candidates and merged candidates."""
+    for name, frame in candidates.items():
+        _write_table(pub, f"channels/{name}.parquet", frame, shard, n_shards)
+    _write_table(pub, "candidates.parquet", merged, shard, n_shards)
+
+
+def _write_table(pub, relative: str, frame: pl.DataFrame, shard: int, n_shards: int) -> None:
+    """A single file when unsharded, else one shard of a ``shard=<k>`` folder."""
+    if n_shards == 1:
+        pub.write_table(relative, frame)
+    else:
+        pub.write_shard(relative, shard, frame)
 
 
 def build(cfg: Config, name: str, step: Step = no_progress) -> dict:
@@ -218,15 +328,29 @@ def build(cfg: Config, name: str, step: Step = no_progress) -> dict:
             data = load_data(cfg)
             train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
         run_date = cfg.output.run_date or default_run_date(data)
-        outputs = fit_channels(cfg, train, [name], step)
+        with step(f"fit {name}"):
+            model = fit_model(name, cfg, train)
+        shards = user_shards(train.user_ids, cfg.run.shards)
+        totals = RunTotals()
         with step("publish"), _publish(cfg, lock, run_date, incremental=True) as pub:
-            _record_channel(pub, outputs[name])
+            _record_model(pub, model)
+            for k, users in enumerate(shards):
+                candidates = model.channel.recommend(train, cfg.candidates_per_user + cfg.filters.reserve, users)
+                _write_table(pub, f"channels/{name}.parquet", candidates, k, len(shards))
+                totals.add_channel(name, candidates)
+            pub.manifest.setdefault("timings_seconds", {})[f"channel.{name}"] = round(model.seconds, 3)
             _stamp_manifest(pub, cfg, data)
-    return summary(cfg, pub, outputs, None)
+    channels = {name: {**totals.channels[name], "i2i_rows": None if model.i2i is None else model.i2i.height,
+                       "seconds": round(model.seconds, 2)}}
+    return summary(pub, channels, None)
 
 
 def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_progress) -> dict:
-    """Merge the channel tables already published for a run date and publish the candidates."""
+    """Merge the channel tables already published for a run date and publish the candidates.
+
+    Channel tables written in user shards are read shard by shard (the run's shard
+    count decides the layout), so memory holds one shard, as in :func:`run`.
+    """
     with locked(cfg) as lock:
         fault_point("lock:acquired")
         run_dir = resolve_run(cfg.output.root, run_date or cfg.output.run_date or None)
@@ -237,29 +361,37 @@ def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_pr
         with step("load data"):
             data = load_data(cfg)  # the purchase filter needs the event history
             train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
-        with step("merge and filter"):
-            candidates = {n: pl.read_parquet(run_dir / "channels" / f"{n}.parquet") for n in names}
-            merged, _, removed = merge_outputs(cfg, candidates, train)
-        with step("publish"), _publish(cfg, lock, run_dir.name.split(".")[0], incremental=True) as pub:
-            pub.write_table("candidates.parquet", merged)
-            pub.manifest["filters_removed"] = removed
+        blocks = purchase_blocks(train, cfg.filters.purchase) if cfg.filters.purchase.enabled else None
+        n_shards = cfg.run.shards
+        totals = RunTotals()
+        with step("merge and filter"), _publish(cfg, lock, run_dir.name.split(".")[0], incremental=True) as pub:
+            for k in range(n_shards):
+                candidates = {n: read_shard(run_dir / "channels" / f"{n}.parquet", k, n_shards) for n in names}
+                merged, _, removed = merge_outputs(cfg, candidates, train, blocks)
+                _write_table(pub, "candidates.parquet", merged, k, n_shards)
+                totals.add({}, merged, removed)
+            pub.manifest["filters_removed"] = totals.removed
             _stamp_manifest(pub, cfg, data)
-    return summary(cfg, pub, {}, merged)
+    return summary(pub, {}, totals.merged)
 
 
-def summary(cfg: Config, pub, outputs: dict[str, ChannelOutput], merged: pl.DataFrame | None,
-            failures: list[dict] | None = None) -> dict:
+def read_shard(path: Path, shard: int, n_shards: int) -> pl.DataFrame:
+    """The rows of user shard ``shard`` of a published candidates table (a file or a shard folder)."""
+    if path.is_dir() and (path / f"shard={shard}").is_dir() and \
+            len([p for p in path.iterdir() if p.name.startswith("shard=")]) == n_shards:
+        return pl.read_parquet(path / f"shard={shard}", hive_partitioning=False)
+    frame = pl.read_parquet(path, hive_partitioning=False)
+    if n_shards == 1:
+        return frame
+    return frame.filter(pl.Series(shard_of(frame[S.USER], n_shards) == shard))
+
+
+def summary(pub, channels: dict[str, dict], merged: dict | None, failures: list[dict] | None = None) -> dict:
     """What the CLI prints: per-channel rows, users, seconds, and where the tables are."""
-    channels = {}
-    for name, out in outputs.items():
-        channels[name] = {"rows": out.candidates.height, "users": out.candidates[S.USER].n_unique(),
-                          "i2i_rows": None if out.i2i is None else out.i2i.height,
-                          "seconds": round(out.seconds, 2)}
     result = {"run_date": pub.run_date, "published": str(pub.root / pub.run_date), "channels": channels,
               "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in failures or []]}
     if merged is not None:
-        result["candidates"] = {"rows": merged.height, "users": merged[S.USER].n_unique(),
-                                "by_source": dict(merged.group_by("source").len().sort("source").iter_rows())}
+        result["candidates"] = {**merged, "by_source": dict(sorted(merged["by_source"].items()))}
     event(log, "run.published", f"run {pub.run_date} published under {result['published']}",
           run_date=pub.run_date, path=result["published"], version=pub.stage.name,
           rows=result.get("candidates", {}).get("rows"), failed=[f["part"] for f in result["failures"]])

@@ -242,6 +242,7 @@ class Publication:
         self.root, self.run_date, self.stage, self.previous = root, run_date, stage, previous
         self.manifest = manifest
         self.grace_seconds = grace_seconds
+        self._sharded: set[str] = set()
 
     def path(self, relative: str) -> Path:
         target = self.stage / relative
@@ -249,9 +250,37 @@ class Publication:
         return target
 
     def write_table(self, relative: str, frame: pl.DataFrame) -> None:
+        """Write one table as a single Parquet file, replacing any earlier one (file or dataset)."""
+        self._clear(relative)
         _write_parquet(frame, self.path(relative))
         self.manifest.setdefault("tables", {})[relative] = frame.height
         fault_point("publish:write")
+
+    def write_shard(self, relative: str, shard: int, frame: pl.DataFrame) -> None:
+        """Write one user shard of a table partitioned as ``<relative>/shard=<k>/part-0.parquet``.
+
+        The folder reads as one table with polars, pyarrow and Spark (hive
+        partitioning adds a ``shard`` column). The first shard written replaces an
+        earlier table of that name; the manifest counts the rows of all shards.
+        """
+        tables = self.manifest.setdefault("tables", {})
+        if relative not in self._sharded:
+            self._clear(relative)
+            self._sharded.add(relative)
+            tables[relative] = 0
+        _write_parquet(frame, self.path(f"{relative}/shard={shard}/part-0.parquet"))
+        tables[relative] += frame.height
+        fault_point("publish:write")
+
+    def _clear(self, relative: str) -> None:
+        # Incremental versions start as hard links to the previous one; a table
+        # rewritten in another layout (file <-> shard folder) must not mix the two.
+        target = self.stage / relative
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        self._sharded.discard(relative)
 
     def commit(self) -> Path:
         (self.stage / MANIFEST).write_text(json.dumps(self.manifest, indent=2, default=str))

@@ -455,7 +455,7 @@ def test_json_logs_are_one_object_per_line(world, tmp_path, monkeypatch):
     events = json_events(ok.stderr)
     assert all(set(e) == {"ts", "level", "event", "message", "fields"} for e in events)
     assert [e["fields"]["step"] for e in events if e["event"] == "step.done"] == [
-        "load data", "channel itemcf", "channel retarget", "merge and filter", "publish"]
+        "load data", "fit itemcf", "fit retarget", "purchase blocks", "recommend, merge and filter", "publish"]
     published = [e for e in events if e["event"] == "run.published"]
     assert len(published) == 1 and published[0]["fields"]["run_date"] == NEW
     assert published[0]["fields"]["rows"] == world.candidates.height
