@@ -86,6 +86,27 @@ def test_incremental_keeps_other_tables_and_manifest(tmp_path):
     assert manifest["note"] == "first" and set(manifest["tables"]) == {"channels/a.parquet", "channels/b.parquet"}
 
 
+def test_incremental_rewrite_leaves_the_previous_version_untouched(tmp_path):
+    """Incremental versions start as hard links: rewriting a table must not write through the link."""
+    with publish(tmp_path, "2024-01-02") as pub:
+        pub.write_table("channels/a.parquet", table(1))
+        pub.write_table("candidates.parquet", table(5))
+    before = resolve_run(tmp_path, "2024-01-02")
+    with publish(tmp_path, "2024-01-02", incremental=True, grace_seconds=60) as pub:
+        pub.write_table("channels/a.parquet", table(2))
+        pub.write_shard("candidates.parquet", 0, table(6))  # a file becomes a shard folder
+        pub.write_shard("candidates.parquet", 1, table(7))
+    after = resolve_run(tmp_path, "2024-01-02")
+    assert after != before
+    assert pl.read_parquet(before / "channels" / "a.parquet")["x"][0] == 1, "the old version was changed in place"
+    assert pl.read_parquet(before / "candidates.parquet")["x"][0] == 5
+    assert pl.read_parquet(after / "channels" / "a.parquet")["x"][0] == 2
+    assert sorted(pl.read_parquet(after / "candidates.parquet", hive_partitioning=False)["x"]) == [6] * 3 + [7] * 3
+    import json
+
+    assert json.loads((after / "manifest.json").read_text())["tables"]["candidates.parquet"] == 6
+
+
 def test_keep_runs_prunes_oldest_dates(tmp_path):
     for day in range(1, 6):
         with publish(tmp_path, f"2024-01-0{day}", keep_runs=3) as pub:
