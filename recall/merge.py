@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import polars as pl
 
 from recall import schema as S
@@ -39,31 +40,82 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     missing = sorted(set(candidates) - set(quotas))
     if missing:
         raise RecallError(f"no quota for channel(s) {missing}; set channels.<name>.quota or share")
-    order = {name: position for position, name in enumerate(sorted(candidates))}
-    frames = []
-    for name, frame in candidates.items():
+    names = sorted(candidates)
+    if len(names) > 63:
+        raise RecallError(f"{len(names)} channels in one merge; at most 63 are supported")
+    # Slot positions rank / quota are few distinct numbers: code each as its place
+    # among all of them, times 64, plus the channel number, so "best position, ties
+    # to the first channel" is the minimum of one integer.
+    ranks = {n: np.arange(int(candidates[n][S.RANK].max() or 0) + 1, dtype=np.float64) for n in names}
+    if any(int(candidates[n][S.RANK].min() or 1) < 1 for n in names):
+        raise RecallError("channel ranks must start at 1; pass channel outputs (user_id, item_id, score, rank)")
+    positions = {}
+    for name in names:
         quota = quotas[name]
-        capped = name in strict or not backfill
-        position = pl.col(S.RANK).cast(pl.Float64) / quota if quota > 0 else pl.lit(float("inf"))
-        if capped and quota > 0:
-            position = pl.when(pl.col(S.RANK) <= quota).then(position).otherwise(float("inf"))
-        frames.append(frame.select(
-            S.USER, S.ITEM, position.alias("position"),
-            pl.lit(name).alias(SOURCE), pl.lit(order[name], dtype=pl.Int32).alias("order")))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            position = ranks[name] / quota if quota > 0 else np.full(ranks[name].size, np.inf)
+        if (name in strict or not backfill) and quota > 0:
+            position[ranks[name] > quota] = np.inf
+        positions[name] = position
+    levels = np.unique(np.concatenate([p[1:] for p in positions.values()] + [np.array([np.inf])]))
+    frames = []
+    for order, name in enumerate(names):
+        code = np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order
+        frame = candidates[name]
+        frames.append(frame.select(S.USER, S.ITEM).with_columns(
+            pl.Series("code", code[frame[S.RANK].to_numpy()], dtype=pl.Int64),
+            pl.lit(1 << order, dtype=pl.Int64).alias("mask")))
     if not frames:
         return empty_merge()
     everything = pl.concat(frames, how="vertical_relaxed")
+    dtypes = everything.schema
+    # Integers, not strings, through the group-by: the source is a channel number and
+    # the channels holding an item a bit mask, named once per distinct value at the end.
+    # Non-negative integer ids are packed into one int64 key (a single-key group-by
+    # is several times faster than a two-column one).
+    width = _packing_width(everything)
+    keys = [S.USER, S.ITEM] if width is None else ["pair"]
+    if width is not None:
+        everything = everything.select((pl.col(S.USER) * width + pl.col(S.ITEM)).alias("pair"), "code", "mask")
+    infinite = int(np.searchsorted(levels, np.inf)) * 64
     best = (everything
-            .sort(S.USER, S.ITEM, "position", "order")
-            .group_by(S.USER, S.ITEM, maintain_order=True)
-            .agg(pl.col("position").first(), pl.col(SOURCE).first(), pl.col("order").first(),
-                 pl.col(SOURCE).unique().sort().alias(S.CHANNELS))
-            .filter(pl.col("position").is_finite())
-            .sort(S.USER, "position", "order", S.ITEM)
+            .group_by(keys)
+            .agg(pl.col("code").min(), pl.col("mask").sum())  # each channel lists an item once per user
+            .filter(pl.col("code") < infinite))
+    if width is not None:
+        best = best.select((pl.col("pair") // width).cast(dtypes[S.USER]).alias(S.USER),
+                           (pl.col("pair") % width).cast(dtypes[S.ITEM]).alias(S.ITEM), "code", "mask")
+    best = (best
+            .sort(S.USER, "code", S.ITEM)
             .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(S.USER).alias(S.RANK))
             .filter(pl.col(S.RANK) <= budget))
-    return best.select(S.USER, S.ITEM, (1.0 / pl.col("position")).alias(S.SCORE), S.RANK, SOURCE,
-                       S.CHANNELS)
+    code = best["code"].to_numpy()
+    best = best.with_columns(pl.Series("position", levels[code // 64]), pl.Series("order", code % 64))
+    masks = best["mask"].unique().sort()
+    lookup = pl.DataFrame({
+        "mask": masks,
+        S.CHANNELS: pl.Series([[n for bit, n in enumerate(names) if m >> bit & 1] for m in masks.to_list()],
+                              dtype=pl.List(pl.String)),
+    })
+    return (best
+            .join(lookup, on="mask", how="left", maintain_order="left")
+            .select(S.USER, S.ITEM, (1.0 / pl.col("position")).alias(S.SCORE), S.RANK,
+                    pl.col("order").cast(pl.Int64).replace_strict(list(range(len(names))), names,
+                                                                  return_dtype=pl.String).alias(SOURCE),
+                    S.CHANNELS))
+
+
+def _packing_width(frame: pl.DataFrame) -> int | None:
+    """``w`` such that ``user * w + item`` is a unique int64 for every row, or None if there is none."""
+    if not (frame.schema[S.USER].is_integer() and frame.schema[S.ITEM].is_integer()) or frame.height == 0:
+        return None
+    bounds = frame.select(pl.col(S.USER).min().alias("u0"), pl.col(S.USER).max().alias("u1"),
+                          pl.col(S.ITEM).min().alias("i0"), pl.col(S.ITEM).max().alias("i1")).row(0)
+    u0, u1, i0, i1 = (int(v) for v in bounds)
+    width = i1 + 1
+    if u0 < 0 or i0 < 0 or (u1 + 1) * width >= 2**63:
+        return None
+    return width
 
 
 def empty_merge() -> pl.DataFrame:

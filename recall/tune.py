@@ -291,10 +291,10 @@ class QuotaMerger:
     def merged(self, quotas: Quotas) -> pl.DataFrame:
         """``user_id, item_id, score, rank, source`` with ``budget + reserve`` rows per user at most."""
         q = np.array([quotas.get(n, 0) for n in self.names], dtype=np.float64)
-        # rank x (1 / quota), not rank / quota: polars evaluates the merge's division by a
-        # literal as a multiplication by its reciprocal, and exact ties must break the same way.
-        with np.errstate(divide="ignore"):
-            positions = np.where(q > 0, self.ranks * (1.0 / q), np.inf)
+        # True division, as the merge: equal fractions (3/5, 9/15) are equal doubles,
+        # so exact ties break by channel name in both.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            positions = np.where(q > 0, self.ranks / q, np.inf)
         positions[:, self.strict] = np.where(self.ranks[:, self.strict] <= q[self.strict],
                                              positions[:, self.strict], np.inf)
         source = np.argmin(positions, axis=1)  # the first minimum: the channel first by name

@@ -76,3 +76,55 @@ def test_merge_worked_example():
     rows = merged.select("item_id", "source", "channels").rows()
     # positions: a: 10->0.5, 11->1.0, 12->1.5; b: 11->1.0, 20->2.0. 11 is shared (one slot).
     assert rows == [(10, "a", ["a"]), (11, "a", ["a", "b"]), (12, "a", ["a"])]
+
+
+def merge_oracle(tables: dict[str, pl.DataFrame], quotas: dict[str, int], budget: int, strict: set[str],
+                 backfill: bool) -> list[tuple]:
+    """The merge rule in exact fractions, user by user: (user, item, rank, source, channels)."""
+    from fractions import Fraction
+
+    best, holders = {}, {}
+    for name in sorted(tables):
+        quota = quotas[name]
+        for user, item, _, rank in tables[name].iter_rows():
+            holders.setdefault((user, item), set()).add(name)
+            capped = name in strict or not backfill
+            if quota == 0 or (capped and rank > quota):
+                continue
+            key = (Fraction(rank, quota), name)
+            if (user, item) not in best or key < best[(user, item)]:
+                best[(user, item)] = key
+    rows = []
+    for user in sorted({u for u, _ in best}):
+        mine = sorted((key, item) for (u, item), key in best.items() if u == user)[:budget]
+        rows += [(user, item, r + 1, key[1], sorted(holders[(user, item)])) for r, (key, item) in enumerate(mine)]
+    return rows
+
+
+@settings(max_examples=300, deadline=None)
+@given(channel_tables(), st.integers(1, 12), st.booleans(), st.sets(st.sampled_from(CHANNEL_NAMES)))
+def test_merge_equals_exact_fraction_oracle(tables_quotas, budget, backfill, strict):
+    tables, quotas = tables_quotas
+    merged = merge_channels(tables, quotas, budget, strict=strict, backfill=backfill)
+    got = merged.sort("user_id", "rank").select("user_id", "item_id", "rank", "source", "channels").rows()
+    assert [tuple(r) for r in got] == [tuple(r) for r in merge_oracle(tables, quotas, budget, strict, backfill)]
+    for score, (user, item, rank, source, _) in zip(merged.sort("user_id", "rank")["score"], got):
+        assert score == quotas[source] / (tables[source].filter((pl.col("user_id") == user)
+                                                                & (pl.col("item_id") == item))["rank"][0])
+
+
+def test_merge_with_string_ids_and_huge_ids():
+    """Ids that cannot be packed into one integer key take the two-column path, same rows."""
+    rows = [(0, 5, 1.0, 1), (0, 6, 0.5, 2), (1, 5, 1.0, 1)]
+    schema = {"user_id": pl.Int64, "item_id": pl.Int64, "score": pl.Float64, "rank": pl.Int32}
+    base = {"a": pl.DataFrame(rows, schema=schema, orient="row"),
+            "b": pl.DataFrame([(0, 6, 1.0, 1), (1, 7, 1.0, 1)], schema=schema, orient="row")}
+    expected = merge_channels(base, {"a": 2, "b": 1}, 3).sort("user_id", "rank")
+    as_text = {n: t.with_columns(pl.col("user_id").cast(pl.String), pl.col("item_id").cast(pl.String))
+               for n, t in base.items()}
+    text = merge_channels(as_text, {"a": 2, "b": 1}, 3).sort("user_id", "rank")
+    assert text.select("rank", "source", "channels").equals(expected.select("rank", "source", "channels"))
+    huge = {n: t.with_columns(pl.col("user_id") + 2**62, pl.col("item_id") * 2**40) for n, t in base.items()}
+    big = merge_channels(huge, {"a": 2, "b": 1}, 3).sort("user_id", "rank")
+    assert big["item_id"].to_list() == [i * 2**40 for i in expected["item_id"].to_list()]
+    assert big.select("rank", "source", "channels").equals(expected.select("rank", "source", "channels"))

@@ -283,8 +283,8 @@ def test_pooled_windows_weight_each_window_by_its_users():
 
 
 def test_quota_merger_breaks_exact_position_ties_like_the_merge():
-    # 3/5 == 9/15, but 3 x (1/5) > 9 x (1/15) in floating point: the merge's own arithmetic
-    # decides which of two such items comes first, so the cheap merger must use the same.
+    # 3/5 == 9/15 exactly, but 3 x (1/5) > 9 x (1/15) in floating point: both mergers must
+    # see the exact tie and break it by channel name (itemcf before usercf).
     cfg = config(budget=40, reserve=20, filters=False)
     train = TrainData.build(dataset(1, n_users=2, n_items=200, n_events=100), seed=1)
     rows = {"itemcf": [], "usercf": []}
@@ -297,6 +297,9 @@ def test_quota_merger_breaks_exact_position_ties_like_the_merge():
     real = merge_outputs(with_quotas(cfg, quotas), candidates, train)[0]
     fast = QuotaMerger(cfg, candidates, train)(quotas)
     assert fast.select("user_id", "item_id", "rank").equals(real.select("user_id", "item_id", "rank"))
+    first = real.filter(pl.col("user_id") == 0).sort("rank")
+    tied = first.filter(pl.col("item_id").is_in([3, 1009]))  # itemcf rank 3, usercf rank 9: both 0.6
+    assert tied["item_id"].to_list() == [3, 1009] and tied["rank"].to_list()[1] == tied["rank"].to_list()[0] + 1
 
 
 def test_tune_reads_the_tune_section_of_the_config():
