@@ -135,3 +135,15 @@ def test_merge_of_a_sharded_run_is_the_run_merge(runs):
     after = sorted_rows(read_table(Path(again["published"]) / "candidates.parquet"))
     assert after.equals(before)
     assert again["candidates"]["rows"] == before.height
+
+
+def test_build_of_one_channel_writes_the_same_shards(runs):
+    from recall.pipeline import build
+
+    cfg, sharded = runs[3]
+    before = sorted_rows(read_table(Path(sharded["published"]) / "channels" / "itemcf.parquet"))
+    result = build(cfg, "itemcf")
+    folder = Path(result["published"]) / "channels" / "itemcf.parquet"
+    assert sorted(p.name for p in folder.iterdir()) == ["shard=0", "shard=1", "shard=2"]
+    assert sorted_rows(read_table(folder)).equals(before)
+    assert result["channels"]["itemcf"]["rows"] == before.height
