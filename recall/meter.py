@@ -44,6 +44,8 @@ class StageMeter:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         peak = [rss_bytes()]
+        self.stages.setdefault(name, {"seconds": 0.0, "peak_rss_mib": 0.0, "times": 0,
+                                      "start_rss_mib": peak[0] / MIB})
         done = threading.Event()
 
         def sample() -> None:
@@ -60,15 +62,19 @@ class StageMeter:
             done.set()
             sampler.join()
             peak[0] = max(peak[0], rss_bytes())
-            row = self.stages.setdefault(name, {"seconds": 0.0, "peak_rss_mib": 0.0, "times": 0})
+            row = self.stages[name]
             row["seconds"] += seconds
             row["peak_rss_mib"] = max(row["peak_rss_mib"], peak[0] / MIB)
             row["times"] += 1
 
     def report(self) -> dict:
-        """``{"stages": {name: {seconds, peak_rss_mib, times}}, "peak_rss_mib": ...}``, rounded."""
+        """``{"stages": {name: {seconds, peak_rss_mib, start_rss_mib, times}}, "peak_rss_mib": ...}``.
+
+        ``start_rss_mib`` is the resident size when the stage was first entered.
+        """
         return {
             "stages": {name: {"seconds": round(row["seconds"], 3), "peak_rss_mib": round(row["peak_rss_mib"], 1),
-                              "times": row["times"]} for name, row in self.stages.items()},
+                              "start_rss_mib": round(row["start_rss_mib"], 1), "times": row["times"]}
+                       for name, row in self.stages.items()},
             "peak_rss_mib": round(peak_rss_bytes() / MIB, 1),
         }
