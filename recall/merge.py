@@ -82,13 +82,23 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
             .group_by(keys)
             .agg(pl.col("code").min(), pl.col("mask").sum())  # each channel lists an item once per user
             .filter(pl.col("code") < infinite))
-    if width is not None:
-        best = best.select((pl.col("pair") // width).cast(dtypes[S.USER]).alias(S.USER),
-                           (pl.col("pair") % width).cast(dtypes[S.ITEM]).alias(S.ITEM), "code", "mask")
-    best = (best
-            .sort(S.USER, "code", S.ITEM)
-            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(S.USER).alias(S.RANK))
-            .filter(pl.col(S.RANK) <= budget))
+    codes = infinite + 64
+    if width is not None and (int(best["pair"].max() or 0) // width + 1) * codes * width < 2**63:
+        # One packed key (user, code, item) sorts several times faster than three columns.
+        user, item = pl.col("pair") // width, pl.col("pair") % width
+        best = (best.sort(user * (codes * width) + pl.col("code") * width + item)
+                .select(user.cast(dtypes[S.USER]).alias(S.USER), item.cast(dtypes[S.ITEM]).alias(S.ITEM),
+                        "code", "mask"))
+    else:
+        if width is not None:
+            best = best.select((pl.col("pair") // width).cast(dtypes[S.USER]).alias(S.USER),
+                               (pl.col("pair") % width).cast(dtypes[S.ITEM]).alias(S.ITEM), "code", "mask")
+        best = best.sort(S.USER, "code", S.ITEM)
+    # Rank within each user's run of rows (sorted by user): position minus the run's start.
+    run = best[S.USER].rle_id().to_numpy()
+    starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if run.size else np.zeros(0, np.int64)
+    rank = np.arange(run.size) - np.repeat(starts, np.diff(np.r_[starts, run.size])) + 1
+    best = best.with_columns(pl.Series(S.RANK, rank, dtype=pl.Int32)).filter(pl.col(S.RANK) <= budget)
     code = best["code"].to_numpy()
     best = best.with_columns(pl.Series("position", levels[code // 64]), pl.Series("order", code % 64))
     masks = best["mask"].unique().sort()
