@@ -54,7 +54,7 @@ from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.ctr import PriorMethod, fit_beta_prior, shrink
 from recall.errors import RecallError
-from recall.sparse import row_blocks
+from recall.sparse import chunk_rows, row_blocks
 
 log = logging.getLogger("recall")
 
@@ -273,14 +273,17 @@ class Crowd(Channel):
     # ------------------------------------------------------------ recommend
     def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         p = self.params
-        seen = data.engaged().select(UIDX, IIDX).unique()
+        engaged = data.interactions  # built once per TrainData: shards do not rescan the events
         frames = []
         for chunk in row_blocks(users, data.n_users, p.user_block):
             in_block = (pl.col(UIDX).is_between(chunk.start, chunk.stop - 1) if isinstance(chunk, slice)
                         else pl.col(UIDX).is_in(pl.Series(chunk).cast(pl.Int32).implode()))
+            rows = engaged[chunk]
+            seen = pl.DataFrame({UIDX: np.repeat(chunk_rows(chunk), np.diff(rows.indptr)).astype(np.int32),
+                                 IIDX: rows.indices.astype(np.int32)})
             recs = (self.user_crowd_.filter(in_block)
                     .join(self.chains_, on=FINEST)
-                    .join(seen.filter(in_block), on=[UIDX, IIDX], how="anti")
+                    .join(seen, on=[UIDX, IIDX], how="anti")
                     .sort(UIDX, "pos")
                     .filter(pl.int_range(pl.len()).over(UIDX) < n)
                     .with_columns(pl.col("score").cum_min().over(UIDX),
