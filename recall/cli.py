@@ -332,18 +332,40 @@ def merge(config: ConfigOpt = None, set_: SetOpt = None, out_root: OutOpt = None
     print_summary(result)
 
 
+class Engine(str, enum.Enum):
+    local = "local"
+    spark = "spark"
+
+
 @command(app, "run")
 def run(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None, out_root: OutOpt = None,
-        run_date: DateOpt = None):
+        run_date: DateOpt = None,
+        engine: Annotated[Engine, typer.Option(help="local: this machine (polars/numpy); spark: the counting "
+                                                    "channels, merge and filters as Spark jobs (needs "
+                                                    "pip install '.\\[spark]' and Java 17)")] = Engine.local,
+        master: Annotated[Optional[str], typer.Option(help="Spark master URL with --engine spark, e.g. local[*], "
+                                                           "spark://host:7077, yarn (default: local[*])")] = None,
+        spark_conf: Annotated[Optional[list[str]], typer.Option("--spark-conf", help="Spark setting key=value with "
+                                                                "--engine spark; repeat, e.g. --spark-conf "
+                                                                "spark.driver.memory=8g")] = None):
     """Build every enabled channel, merge, and publish the run atomically.
 
-    Example: recall run --config configs/default.toml
+    Example: recall run --config configs/default.toml; on Spark: recall run --engine spark --master local[*]
     """
-    from recall.pipeline import run as run_pipeline
-
     cfg = load(config, set_, data, out_root, run_date)
-    with progress_steps() as step:
-        result = run_pipeline(cfg, step)
+    if engine is Engine.spark:
+        from recall.spark.engine import parse_spark_conf, run_spark
+
+        conf = parse_spark_conf(spark_conf)
+        with progress_steps() as step:
+            result = run_spark(cfg, step, master=master, conf=conf)
+    else:
+        if master or spark_conf:
+            raise RecallError("--master and --spark-conf apply to the Spark engine; add --engine spark")
+        from recall.pipeline import run as run_pipeline
+
+        with progress_steps() as step:
+            result = run_pipeline(cfg, step)
     print_summary(result)
 
 

@@ -9,7 +9,8 @@ more than ``max_sequence_length`` positions are dropped. For each offset
 equi-join on ``(user, position + d)``, so the work is ``window`` x positions, not
 the square of a sequence's length. Pair ``(s_p, s_q)`` adds
 ``w(u) * base^(d - 1) * forward_weight`` to a(s_p, s_q) and ``... * backward_weight``
-to a(s_q, s_p); sums are :func:`recall.spark.ops.exact_sum`.
+to a(s_q, s_p); the sums follow the local engine's order
+(:func:`recall.spark.ops.ordered_sum`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ from recall import schema as S
 from recall.channels.association import AssociationParams
 from recall.spark.data import SparkData
 from recall.spark.itemcf import finish_table
-from recall.spark.ops import exact_sum, lookup
+from recall.spark.ops import distinct_values, lookup, numpy_lookup, ordered_sum
 
 
 def sequences(data: SparkData, p: AssociationParams) -> DataFrame:
-    """``user_id, pos, session, item_id, _w``: the collapsed sequences, one row per position."""
+    """``user_id, pos, session, item_id, _len``: the collapsed sequences, one row per position."""
     events = data.events.filter(F.col(S.BEHAVIOR).isin(list(p.behaviors)))
     if p.window_days is not None:
         events = events.filter(F.col(S.TS) >= F.lit(data.now - p.window_days * 86400))
@@ -40,38 +41,58 @@ def sequences(data: SparkData, p: AssociationParams) -> DataFrame:
         order.rowsBetween(Window.unboundedPreceding, Window.currentRow)))
     kept = marked.filter(F.col("_start") | (F.col(S.ITEM) != F.col("_prev")))
     kept = (kept.withColumn("pos", F.row_number().over(order))
-            .withColumn("_len", F.count(F.lit(1)).over(Window.partitionBy(S.USER)))
+            .withColumn("_len", F.count(F.lit(1)).over(Window.partitionBy(S.USER)).cast("double"))
             .filter(F.col("_len") <= p.max_sequence_length))
-    weight = F.lit(1.0) / F.log1p(F.col("_len").cast("double")) if p.length_normalize else F.lit(1.0)
-    return kept.select(S.USER, "pos", "session", S.ITEM, weight.alias("_w"))
+    return kept.select(S.USER, "pos", "session", S.ITEM, "_len")
 
 
 def association_scores(data: SparkData, p: AssociationParams) -> DataFrame:
-    """``item_id, neighbor_id, score``: a(i, j), popularity-normalised if asked, untruncated."""
+    """``item_id, neighbor_id, score``: a(i, j), popularity-normalised if asked, untruncated.
+
+    The forward table A is summed per pair in the local engine's order (offset,
+    then position) and combined as ``a = theta_fwd A + theta_bwd A^T``; ``log1p`` and
+    ``**`` come from numpy (:func:`recall.spark.ops.numpy_lookup`).
+    """
+    import numpy as np
+
     seq = sequences(data, p)
+    if p.length_normalize:
+        weights = numpy_lookup(data.spark, distinct_values(seq, "_len"), lambda n: 1.0 / np.log1p(n), "_w")
+        seq = seq.join(weights, seq["_len"] == weights["_key"]).drop("_key")
+    else:
+        seq = seq.withColumn("_w", F.lit(1.0))
     offsets = data.spark.range(1, p.window + 1).select(F.col("id").cast("int").alias("_d"))
     first = seq.crossJoin(F.broadcast(offsets)).select(
-        S.USER, (F.col("pos") + F.col("_d")).alias("pos"), F.col("session").alias("_s1"),
+        S.USER, F.col("pos").alias("_p"), (F.col("pos") + F.col("_d")).alias("pos"), F.col("session").alias("_s1"),
         F.col(S.ITEM).alias("_i1"), "_w", "_d")
     pairs = (first.join(seq.select(S.USER, "pos", F.col("session").alias("_s2"), F.col(S.ITEM).alias("_i2")),
                         [S.USER, "pos"])
              .filter((F.col("_s1") == F.col("_s2")) & (F.col("_i1") != F.col("_i2"))))
-    base = pairs.select("_i1", "_i2", (F.col("_w") * lookup(
-        [p.distance_base ** (d - 1) for d in range(1, p.window + 1)], F.col("_d") - 1)).alias("_t"))
-    directed = []
+    distance = lookup([p.distance_base ** (d - 1) for d in range(1, p.window + 1)], F.col("_d") - 1)
+    forward = (pairs.select("_i1", "_i2", "_d", S.USER, "_p", (F.col("_w") * distance).alias("_t"))
+               .groupBy("_i1", "_i2").agg(ordered_sum("_t", "_d", S.USER, "_p").alias("_a")))
+    parts = []
     if p.forward_weight > 0:
-        directed.append(base.select(F.col("_i1").alias(S.ITEM), F.col("_i2").alias(S.NEIGHBOR),
-                                    (F.col("_t") * F.lit(p.forward_weight)).alias("_t")))
+        parts.append(forward.select(F.col("_i1").alias(S.ITEM), F.col("_i2").alias(S.NEIGHBOR),
+                                    (F.col("_a") * F.lit(p.forward_weight)).alias("_fwd")))
     if p.backward_weight > 0:
-        directed.append(base.select(F.col("_i2").alias(S.ITEM), F.col("_i1").alias(S.NEIGHBOR),
-                                    (F.col("_t") * F.lit(p.backward_weight)).alias("_t")))
-    terms = directed[0] if len(directed) == 1 else directed[0].unionByName(directed[1])
-    scores = terms.groupBy(S.ITEM, S.NEIGHBOR).agg(exact_sum("_t").alias(S.SCORE))
+        parts.append(forward.select(F.col("_i2").alias(S.ITEM), F.col("_i1").alias(S.NEIGHBOR),
+                                    (F.col("_a") * F.lit(p.backward_weight)).alias("_bwd")))
+    if len(parts) == 2:
+        scores = parts[0].join(parts[1], [S.ITEM, S.NEIGHBOR], "full").select(
+            S.ITEM, S.NEIGHBOR, F.when(F.col("_fwd").isNull(), F.col("_bwd"))
+            .when(F.col("_bwd").isNull(), F.col("_fwd")).otherwise(F.col("_fwd") + F.col("_bwd")).alias(S.SCORE))
+    else:
+        scores = parts[0].withColumnRenamed(parts[0].columns[-1], S.SCORE)
     if p.popularity_normalize:
         popularity = seq.select(S.USER, S.ITEM).distinct().groupBy(S.ITEM).agg(
             F.count(F.lit(1)).cast("double").alias("_n"))
-        n_i = popularity.select(S.ITEM, F.pow(F.col("_n"), F.lit(p.alpha)).alias("_pi"))
-        n_j = popularity.select(F.col(S.ITEM).alias(S.NEIGHBOR), F.pow(F.col("_n"), F.lit(1.0 - p.alpha)).alias("_pj"))
+        values = distinct_values(popularity, "_n")
+        powers = numpy_lookup(data.spark, values, lambda n: n ** p.alpha, "_pi").join(
+            numpy_lookup(data.spark, values, lambda n: n ** (1.0 - p.alpha), "_pj"), "_key")
+        popularity = popularity.join(F.broadcast(powers), popularity["_n"] == powers["_key"])
+        n_i = popularity.select(S.ITEM, "_pi")
+        n_j = popularity.select(F.col(S.ITEM).alias(S.NEIGHBOR), "_pj")
         scores = (scores.join(n_i, S.ITEM).join(n_j, S.NEIGHBOR)
                   .select(S.ITEM, S.NEIGHBOR, (F.col(S.SCORE) / (F.col("_pi") * F.col("_pj"))).alias(S.SCORE)))
     return scores

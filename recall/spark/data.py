@@ -165,12 +165,12 @@ class SparkData:
 
     def behavior_weights(self, weights: dict[str, float]):
         """A small ``behavior, bw`` table to broadcast-join onto events."""
+        import pyarrow as pa
         from pyspark.sql import functions as F
-        from pyspark.sql.types import DoubleType, StringType, StructField, StructType
 
-        schema = StructType([StructField(S.BEHAVIOR, StringType()), StructField("bw", DoubleType())])
-        table = self.spark.createDataFrame([(b, float(w)) for b, w in weights.items()], schema)
-        return F.broadcast(table)
+        table = pa.table({S.BEHAVIOR: pa.array(list(weights), pa.string()),
+                          "bw": pa.array([float(w) for w in weights.values()], pa.float64())})
+        return F.broadcast(self.spark.createDataFrame(table))  # from Arrow: no Python workers
 
     def release(self) -> None:
         self.events.unpersist()

@@ -67,18 +67,30 @@ class TableWriter:
             # One task writes the file (in the local engine's row order); the work before
             # the final shuffle stays parallel.
             folder = target.with_name(f".{target.name}.spark")
-            frame.repartition(1).sortWithinPartitions(*order).write.mode("overwrite").parquet(uri(folder))
-            parts = sorted(folder.glob("part-*"))
-            if len(parts) != 1:
-                raise RecallError(f"Spark wrote {len(parts)} files for {relative}, expected one")
-            os.replace(parts[0], target)
-            shutil.rmtree(folder)
+            try:
+                frame.repartition(1).sortWithinPartitions(*order).write.mode("overwrite").parquet(uri(folder))
+                parts = sorted(folder.glob("part-*"))
+                if len(parts) != 1:
+                    raise RecallError(f"Spark wrote {len(parts)} files for {relative}, expected one")
+                os.replace(parts[0], target)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
         else:
             frame.orderBy(*order).write.mode("overwrite").parquet(uri(target))
-        table = self.spark.read.parquet(uri(target))
-        self.rows[relative] = table.count()  # Parquet footers: no data is read
+        self.rows[relative] = parquet_rows(target)
         self.pub.manifest.setdefault("tables", {})[relative] = self.rows[relative]
-        return table
+        return self.spark.read.parquet(uri(target))
+
+    def remove(self, relatives) -> None:
+        """Delete tables written earlier (a failed optional channel's), from the run and the manifest."""
+        for relative in relatives:
+            target = self.pub.path(relative)
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            self.rows.pop(relative, None)
+            self.pub.manifest.get("tables", {}).pop(relative, None)
 
     def write_local(self, relative: str, frame, read_back: bool = False):
         """Write a polars frame (small tables, local-fallback channels); optionally return it as a Spark table."""
@@ -87,6 +99,14 @@ class TableWriter:
         self.pub.write_table(relative, frame)
         self.rows[relative] = frame.height
         return self.spark.read.parquet(uri(self.pub.path(relative))) if read_back else None
+
+
+def parquet_rows(path: Path) -> int:
+    """Rows of a Parquet file or folder of part files, from the footers on the driver (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    files = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 # ----------------------------------------------------------------------------- channels
@@ -131,9 +151,9 @@ def _usercf(data, p, n, writer: TableWriter, name: str):
 
     pairs = engagement_pairs(data, p)
     if p.publish_neighbors:
-        neighbours = writer.write(NEIGHBORS_TABLE, neighbour_table(pairs, p))
+        neighbours = writer.write(NEIGHBORS_TABLE, neighbour_table(data, pairs, p))
     else:
-        neighbours = neighbour_table(pairs, p)
+        neighbours = neighbour_table(data, pairs, p)
     return writer.write(f"channels/{name}.parquet", usercf_candidates(data, pairs, neighbours, n)), None
 
 
@@ -164,15 +184,33 @@ SPARK_CHANNELS: dict[str, ChannelJob] = {
 
 # ----------------------------------------------------------------------------- the run
 
-def settings_of(cfg, master: str | None = None) -> SparkSettings:
-    """The config's ``[spark]`` section (defaults when the config has none), with ``master`` applied."""
+def settings_of(cfg, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSettings:
+    """The config's ``[spark]`` section (defaults when the config has none), with ``master`` and ``conf`` applied."""
     settings = getattr(cfg, "spark", None) or SparkSettings()
     if not isinstance(settings, SparkSettings):
         settings = SparkSettings.model_validate(settings)
-    return settings.model_copy(update={"master": master}) if master else settings
+    update = {}
+    if master:
+        update["master"] = master
+    if conf:
+        update["conf"] = {**settings.conf, **conf}
+    return settings.model_copy(update=update) if update else settings
 
 
-def run_spark(cfg, step=None, *, master: str | None = None, spark=None, local_fallback: bool = True) -> dict:
+def parse_spark_conf(pairs: list[str] | None) -> dict[str, str]:
+    """``["spark.driver.memory=8g", ...]`` as a dict; a malformed entry is a RecallError."""
+    conf = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise RecallError(f"--spark-conf '{pair}' is not key=value; e.g. --spark-conf spark.driver.memory=8g")
+        conf[key] = value
+    return conf
+
+
+def run_spark(cfg, step=None, *, master: str | None = None, conf: dict[str, str] | None = None, spark=None,
+              local_fallback: bool = True) -> dict:
     """Fit every enabled channel with Spark, merge, filter and publish all tables as one new run.
 
     Parameters
@@ -183,8 +221,10 @@ def run_spark(cfg, step=None, *, master: str | None = None, spark=None, local_fa
         ``step(name)`` progress context, as for :func:`recall.pipeline.run`.
     master : str, optional
         Spark master URL overriding ``spark.master`` (e.g. ``spark://host:7077``).
+    conf : dict, optional
+        Further ``spark.*`` settings for a session this call creates.
     spark : SparkSession, optional
-        A session to use instead of creating one (tests, notebooks).
+        A session to use instead of creating one (tests, notebooks); it is left running.
     local_fallback : bool
         Train enabled channels without a Spark implementation locally on the driver
         (True) or refuse them with a RecallError (False).
@@ -193,17 +233,15 @@ def run_spark(cfg, step=None, *, master: str | None = None, spark=None, local_fa
     -------
     dict
         The summary :func:`recall.pipeline.run` returns (run date, folder, per-channel
-        rows, users, i2i rows, seconds, candidates by source), plus ``engine``.
+        rows, users, i2i rows, seconds, candidates by source, failures), plus ``engine``.
+
+    Like the local run, the job holds the output root's lock from start to end, and a
+    channel listed in ``run.optional_channels`` may fail without failing the run (its
+    tables are left out and the failure is recorded in the manifest).
     """
     import contextlib
 
-    from pyspark import StorageLevel
-
-    from recall.publish import publish
-    from recall.spark.data import SparkData
-    from recall.spark.filters import apply_filters
-    from recall.spark.merge import merge_channels
-    from recall.spark.session import spark_session
+    from recall.spark.session import require_pyspark
 
     step = step or (lambda _: contextlib.nullcontext())
     names = cfg.enabled_channels()
@@ -213,30 +251,69 @@ def run_spark(cfg, step=None, *, master: str | None = None, spark=None, local_fa
     if local_names and not local_fallback:
         raise RecallError(f"channel(s) {', '.join(local_names)} have no Spark implementation (Spark runs "
                           f"{', '.join(SPARK_CHANNELS)}); disable them or let them train on the driver")
-    settings = settings_of(cfg, master)
-    with step("start spark"):
-        spark = spark or spark_session(settings)
+    require_pyspark()  # before any pyspark import: a missing install is a RecallError naming the fix
+    from recall.pipeline import locked
+    from recall.spark.session import spark_session
+
+    settings = settings_of(cfg, master, conf)
+    owned = False
+    if spark is None:
+        from pyspark.sql import SparkSession
+
+        # Stopped at the end only if this call starts it (a notebook's session is left alone).
+        owned = SparkSession.getActiveSession() is None
+    with locked(cfg) as lock:
+        with step("start spark"):
+            spark = spark or spark_session(settings)
+        try:
+            return _run(cfg, spark, settings, lock, names, local_names, step)
+        finally:
+            if owned:
+                spark.stop()
+
+
+def _run(cfg, spark, settings: SparkSettings, lock, names: list[str], local_names: list[str], step) -> dict:
+    """The body of :func:`run_spark`, with the lock held and the session up."""
+    from pyspark import StorageLevel
+
+    from recall.publish import publish
+    from recall.spark.data import SparkData
+    from recall.spark.filters import apply_filters
+    from recall.spark.merge import merge_channels
+
     with step("load data"):
         data = SparkData.load(spark, cfg.data.dir, triggers=cfg.triggers)
     run_date = cfg.output.run_date or (dt.datetime.fromtimestamp(data.max_ts, tz=dt.timezone.utc).date()
                                        + dt.timedelta(days=1)).isoformat()
     n = cfg.candidates_per_user + cfg.filters.reserve
-    timings, channels = {}, {}
+    timings, channels, failures = {}, {}, []
     try:
-        with publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs) as pub:
+        with publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs,
+                     grace_seconds=cfg.output.superseded_grace_seconds, lock=lock) as pub:
             writer = TableWriter(pub, spark, single_file=settings.single_file)
             train = None
             for name in names:
                 with step(f"channel {name}"):
                     started = time.perf_counter()
-                    if name in SPARK_CHANNELS:
-                        candidates, _ = SPARK_CHANNELS[name](data, cfg.channels[name], n, writer, name)
-                    else:
-                        log.info("%s has no Spark implementation; training it on the driver", name)
-                        train = train or _local_train(cfg)
-                        candidates = _local_channel(cfg, train, name, n, writer)
+                    written = set(writer.rows)
+                    try:
+                        if name in SPARK_CHANNELS:
+                            candidates, _ = SPARK_CHANNELS[name](data, cfg.channels[name], n, writer, name)
+                        else:
+                            log.info("%s has no Spark implementation; training it on the driver", name)
+                            train = train or _local_train(cfg)
+                            candidates = _local_channel(cfg, train, name, n, writer)
+                    except Exception as exc:  # any failure of an optional channel is tolerated
+                        if name not in cfg.run.optional_channels:
+                            raise
+                        writer.remove(set(writer.rows) - written)  # no half-written channel in the run
+                        failures.append(_failure(name, exc))
+                        continue
                     channels[name] = candidates
                     timings[f"channel.{name}"] = round(time.perf_counter() - started, 3)
+            if not channels:
+                raise RecallError("every enabled channel failed: " + "; ".join(
+                    f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
             with step("merge and filter"):
                 started = time.perf_counter()
                 quotas = cfg.quotas()
@@ -257,13 +334,27 @@ def run_spark(cfg, step=None, *, master: str | None = None, spark=None, local_fa
                     frame.unpersist()
                 timings["merge_and_filter"] = round(time.perf_counter() - started, 3)
             with step("summary"):
-                summary = _summary(spark, pub, run_date, channels, writer, final, timings)
+                summary = _summary(pub, run_date, channels, writer, final, timings, failures)
             pub.manifest.setdefault("timings_seconds", {}).update(timings)
             pub.manifest["filters_removed"] = removed
-            _stamp_manifest(pub, cfg, data, spark, settings, local_names)
+            _stamp_manifest(pub, cfg, data, spark, settings, local_names, failures)
     finally:
         data.release()
     return summary
+
+
+def _failure(name: str, exc: Exception) -> dict:
+    """The manifest record of an optional channel's failure (as :func:`recall.pipeline.tolerated` writes)."""
+    import traceback
+
+    from recall.logs import event
+
+    failure = {"part": f"channel:{name}", "error_type": type(exc).__name__, "message": str(exc),
+               "traceback": traceback.format_exc()}
+    event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
+          "the run is published without it", level=logging.ERROR,
+          channel=name, error_type=failure["error_type"], error=failure["message"])
+    return failure
 
 
 def _local_train(cfg):
@@ -284,27 +375,41 @@ def _local_channel(cfg, train, name: str, n: int, writer: TableWriter):
     return writer.write_local(f"channels/{name}.parquet", output.candidates, read_back=True)
 
 
-def _summary(spark, pub, run_date, channels, writer: TableWriter, final, timings) -> dict:
+def _summary(pub, run_date, channels, writer: TableWriter, final, timings, failures: list[dict]) -> dict:
     from pyspark.sql import functions as F
 
+    # Distinct users of every channel table and of the merge, and the merge's rows per
+    # source, in one job: groups (table, source) over the union of the written tables.
+    parts = [final.select(F.lit("*merged").alias("_table"), S.USER, F.col("source").alias("_source"))]
+    for name, frame in [("*users", final), *channels.items()]:
+        parts.append(frame.select(F.lit(name).alias("_table"), S.USER, F.lit(None).cast("string").alias("_source")))
+    union = parts[0]
+    for part in parts[1:]:
+        union = union.unionByName(part)
+    counts = union.groupBy("_table", "_source").agg(F.countDistinct(S.USER).alias("_users"),
+                                                    F.count(F.lit(1)).alias("_rows")).collect()
+    users = {row["_table"]: row["_users"] for row in counts if row["_source"] is None}
+    by_source = dict(sorted((row["_source"], row["_rows"]) for row in counts if row["_table"] == "*merged"))
     out = {}
-    for name, frame in channels.items():
-        i2i = f"i2i/{name}.parquet"
-        out[name] = {"rows": writer.rows[f"channels/{name}.parquet"],
-                     "users": frame.select(S.USER).distinct().count(),
-                     "i2i_rows": writer.rows.get(i2i), "seconds": round(timings[f"channel.{name}"], 2)}
-    by_source = {row[0]: row[1] for row in final.groupBy("source").count().orderBy("source").collect()}
+    for name in channels:
+        out[name] = {"rows": writer.rows[f"channels/{name}.parquet"], "users": users.get(name, 0),
+                     "i2i_rows": writer.rows.get(f"i2i/{name}.parquet"),
+                     "seconds": round(timings[f"channel.{name}"], 2)}
     return {"run_date": run_date, "published": str(pub.root / run_date), "channels": out, "engine": "spark",
-            "candidates": {"rows": writer.rows["candidates.parquet"],
-                           "users": final.select(S.USER).distinct().count(), "by_source": by_source}}
+            "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in failures],
+            "candidates": {"rows": writer.rows["candidates.parquet"], "users": users.get("*users", 0),
+                           "by_source": by_source}}
 
 
-def _stamp_manifest(pub, cfg, data, spark, settings: SparkSettings, local_names: list[str]) -> None:
+def _stamp_manifest(pub, cfg, data, spark, settings: SparkSettings, local_names: list[str],
+                    failures: list[dict]) -> None:
     from recall.pipeline import fingerprint, library_versions
 
     versions = library_versions()
     versions["pyspark"] = spark.version
     pub.manifest.update({
+        "failures": failures,
+        "status": "degraded" if failures else "complete",
         "run_date": pub.run_date,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": cfg.seed,
@@ -317,4 +422,4 @@ def _stamp_manifest(pub, cfg, data, spark, settings: SparkSettings, local_names:
     })
 
 
-__all__ = ["SPARK_CHANNELS", "TableWriter", "run_spark", "settings_of"]
+__all__ = ["SPARK_CHANNELS", "TableWriter", "parse_spark_conf", "run_spark", "settings_of"]

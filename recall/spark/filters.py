@@ -63,20 +63,26 @@ def estimated_periods(data: SparkData, cfg: PurchaseFilterConfig) -> DataFrame |
 
 def purchase_blocks(data: SparkData, cfg: PurchaseFilterConfig) -> DataFrame:
     """``user_id, _block_key``: what a purchase blocks at ``now`` (see :func:`recall.filters.purchase_blocks`)."""
+    import pyarrow as pa
+
     spark = data.spark
     categories = data.item_side(S.CATEGORY)
     events = with_key(data.events.filter(F.col(S.TS) <= F.lit(data.now)).select(S.USER, S.ITEM, S.BEHAVIOR, S.TS),
                       categories)
     last_buy = (events.filter(F.col(S.BEHAVIOR) == "buy")
                 .groupBy(S.USER, KEY).agg(F.first(S.CATEGORY).alias(S.CATEGORY), F.max(S.TS).alias("_last_buy")))
-    schema = f"{S.CATEGORY} string, period_days double"
-    periods = spark.createDataFrame([], schema)
+    def table(periods_days: dict[str, float]):
+        # From Arrow: a local relation built by the JVM (a list of tuples would start Python workers).
+        return spark.createDataFrame(pa.table({S.CATEGORY: pa.array(list(periods_days), pa.string()),
+                                               "period_days": pa.array(list(periods_days.values()), pa.float64())}))
+
+    periods = table({})
     if cfg.estimate:
         estimated = estimated_periods(data, cfg)
         if estimated is not None:
             periods = estimated
     if cfg.periods_days:  # explicit periods override estimates
-        explicit = spark.createDataFrame([(k, float(v)) for k, v in cfg.periods_days.items()], schema)
+        explicit = table({k: float(v) for k, v in cfg.periods_days.items()})
         periods = explicit.unionByName(periods.join(explicit, S.CATEGORY, "left_anti"))
     until = F.col("_last_buy") + F.coalesce(F.col("period_days"), F.lit(cfg.default_period_days)) * F.lit(DAY)
     blocks = (last_buy.join(F.broadcast(periods), S.CATEGORY, "left")
@@ -152,8 +158,8 @@ def diversity_filter(frame: DataFrame, data: SparkData, cfg: DiversityConfig) ->
     for column, _, side in caps:
         work = work.join(F.broadcast(side.withColumnRenamed(column, f"_{column}")), S.ITEM, "left")
     work = work.repartition(S.USER).withColumn("_kept", F.lit(True)).persist(StorageLevel.MEMORY_AND_DISK)
-    longest = work.groupBy(S.USER).count().agg(F.max("count")).first()[0] or 0
-    for _ in range(longest + 1):
+    # The fixed point comes after at most (longest list + 1) rounds, so the loop ends.
+    while True:
         decided = F.lit(True)
         for column, cap, _ in caps:
             above = Window.partitionBy(S.USER, f"_{column}").orderBy(S.RANK, S.ITEM).rowsBetween(

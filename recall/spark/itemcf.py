@@ -8,8 +8,9 @@ crawlers with more than ``max_user_items`` items left out):
 
 The pairs come from a self-join of the (user, item, bucket) rows on the user,
 filtered by the bucket gap; ``f`` is looked up from the same Python floats the
-local engine uses; C is an :func:`recall.spark.ops.exact_sum`. Without a pair
-window every bucket is 0, so every pair counts with ``f = 1`` (as locally).
+local engine uses; each user's term carries the hot-item normalisation as in the
+local kernel and the terms are added in user order (:func:`recall.spark.ops.ordered_sum`).
+Without a pair window every bucket is 0, so every pair counts with ``f = 1`` (as locally).
 The work is the sum over users of n_u^2, the same pairs the local kernel sums.
 """
 
@@ -24,7 +25,8 @@ from recall import schema as S
 from recall.channels.itemcf import ItemCFParams
 from recall.errors import RecallError
 from recall.spark.data import SparkData
-from recall.spark.ops import exact_sum, long_table, lookup, normalise_max, rerank, top_k
+from recall.spark.ops import (distinct_values, long_table, lookup, normalise_max, numpy_lookup, ordered_sum,
+                              rerank, top_k)
 
 # Above this many buckets in the window, f is computed by Spark instead of looked up.
 MAX_LOOKUP = 10_000
@@ -54,7 +56,12 @@ def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None 
     """``item_id, neighbor_id, score``: sim(i, j) for every co-engaged pair i != j, untruncated.
 
     With ``categories`` (``item_id, category_id``), only pairs within one known category.
+    Each user's term is ``(w(u) N_i^-alpha) * (f N_j^-(1-alpha))`` and the terms are
+    added in user order: the local kernel's factors and order, so the scores agree
+    to the last bit (``log1p`` and ``**`` come from numpy, see :func:`numpy_lookup`).
     """
+    import numpy as np
+
     rows = engagement_rows(data, p)
     if p.pair_window_hours is None:
         bucket = F.lit(0).cast("long")
@@ -65,12 +72,22 @@ def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None 
         rows = rows.crossJoin(F.broadcast(t0))
         bucket = F.floor((F.col(S.TS) - F.col("_t0")) / F.lit(float(bucket_seconds))).cast("long")
         max_gap = int(math.floor(p.pair_window_hours / p.bucket_hours + 1e-9))
-    user_weight = (F.lit(1.0) / F.log1p(F.col("n_u").cast("double"))) if p.iuf else F.lit(1.0)
-    rows = rows.select(S.USER, S.ITEM, bucket.alias("_b"), user_weight.alias("_w"))
+    rows = rows.select(S.USER, S.ITEM, bucket.alias("_b"), F.col("n_u").cast("double").alias("_nu"))
+    if p.iuf:
+        iuf = numpy_lookup(data.spark, distinct_values(rows, "_nu"), lambda n: 1.0 / np.log1p(n), "_w")
+        rows = rows.join(iuf, rows["_nu"] == iuf["_key"]).drop("_key")
+    else:
+        rows = rows.withColumn("_w", F.lit(1.0))
     counts = rows.groupBy(S.ITEM).agg(F.count(F.lit(1)).cast("double").alias("_n"))
+    popularity = distinct_values(counts, "_n")
+    scales = numpy_lookup(data.spark, popularity, lambda n: n ** -p.alpha, "_si").join(
+        numpy_lookup(data.spark, popularity, lambda n: n ** -(1.0 - p.alpha), "_sj"), "_key")
+    counts = counts.join(F.broadcast(scales), counts["_n"] == scales["_key"]).select(S.ITEM, "_si", "_sj")
 
-    left = rows.select(S.USER, F.col(S.ITEM), F.col("_b").alias("_bi"), "_w")
-    right = rows.select(S.USER, F.col(S.ITEM).alias(S.NEIGHBOR), F.col("_b").alias("_bj"))
+    left = (rows.join(counts.select(S.ITEM, "_si"), S.ITEM)
+            .select(S.USER, S.ITEM, F.col("_b").alias("_bi"), (F.col("_w") * F.col("_si")).alias("_wi")))
+    right = (rows.join(counts.select(S.ITEM, "_sj"), S.ITEM)
+             .select(S.USER, F.col(S.ITEM).alias(S.NEIGHBOR), F.col("_b").alias("_bj"), "_sj"))
     gap = F.abs(F.col("_bi") - F.col("_bj"))
     pairs = left.join(right, S.USER).filter((F.col(S.ITEM) != F.col(S.NEIGHBOR)) & (gap <= max_gap))
 
@@ -85,17 +102,13 @@ def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None 
         f = lookup([decay(g) for g in range(max_gap + 1)], gap)
     else:
         f = F.pow(F.lit(0.5), gap * F.lit(p.bucket_hours / p.decay_half_life_hours))
-    terms = pairs.select(S.ITEM, S.NEIGHBOR, (F.col("_w") * f).alias("_term"))
+    terms = pairs.select(S.USER, S.ITEM, S.NEIGHBOR, (F.col("_wi") * (f * F.col("_sj"))).alias("_term"))
     if categories is not None:
         cat_i = categories.select(S.ITEM, F.col(S.CATEGORY).alias("_ci"))
         cat_j = categories.select(F.col(S.ITEM).alias(S.NEIGHBOR), F.col(S.CATEGORY).alias("_cj"))
         terms = (terms.join(F.broadcast(cat_i), S.ITEM).join(F.broadcast(cat_j), S.NEIGHBOR)
-                 .filter(F.col("_ci") == F.col("_cj")).select(S.ITEM, S.NEIGHBOR, "_term"))
-    co = terms.groupBy(S.ITEM, S.NEIGHBOR).agg(exact_sum("_term").alias("_c"))
-    n_i = counts.select(S.ITEM, F.pow(F.col("_n"), F.lit(-p.alpha)).alias("_si"))
-    n_j = counts.select(F.col(S.ITEM).alias(S.NEIGHBOR), F.pow(F.col("_n"), F.lit(-(1.0 - p.alpha))).alias("_sj"))
-    return (co.join(n_i, S.ITEM).join(n_j, S.NEIGHBOR)
-            .select(S.ITEM, S.NEIGHBOR, (F.col("_c") * F.col("_si") * F.col("_sj")).alias(S.SCORE)))
+                 .filter(F.col("_ci") == F.col("_cj")).drop("_ci", "_cj"))
+    return terms.groupBy(S.ITEM, S.NEIGHBOR).agg(ordered_sum("_term", S.USER).alias(S.SCORE))
 
 
 def finish_table(scores: DataFrame, top: int, normalize: bool) -> DataFrame:

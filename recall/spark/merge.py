@@ -4,12 +4,16 @@ Each candidate's slot position is ``rank / quota`` in its channel (infinite past
 the quota for a ``strict`` channel, or for all without back-fill); per (user,
 item) the smallest (position, channel order) wins and ``channels`` lists every
 channel that found it; per user the ``budget`` smallest positions are kept
-(ties: channel order, then the smaller item); ``score = 1 / position``.
+(ties: channel order, then the smaller item); ``score = 1 / position``. Channels
+travel through the shuffle as numbers (a position code and a bit mask) and get their names
+at the end.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+import numpy as np
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
@@ -17,9 +21,6 @@ from pyspark.sql import functions as F
 from recall import schema as S
 from recall.errors import RecallError
 from recall.merge import SOURCE
-
-INF = float("inf")
-
 
 def merge_channels(candidates: Mapping[str, DataFrame], quotas: Mapping[str, int], budget: int, *,
                    strict: frozenset[str] | set[str] = frozenset(), backfill: bool = True) -> DataFrame:
@@ -30,34 +31,65 @@ def merge_channels(candidates: Mapping[str, DataFrame], quotas: Mapping[str, int
         raise RecallError(f"no quota for channel(s) {missing}; set channels.<name>.quota or share")
     if not candidates:
         raise RecallError("nothing to merge: no channel produced candidates")
-    order = {name: position for position, name in enumerate(sorted(candidates))}
+    names = sorted(candidates)
+    if len(names) > 63:
+        raise RecallError(f"{len(names)} channels in one merge; at most 63 are supported")
+    # The slot positions rank / quota are few distinct numbers, known once the largest rank
+    # is: as in the local merge, each (position, channel) is coded as the position's place
+    # among all of them times 64 plus the channel number, so "best position, ties to the
+    # first channel" is the minimum of one integer (a hash aggregation, not a sort).
+    # True (correctly rounded) division, as numpy's: equal fractions (9/60, 3/20) are one
+    # level, so slot ties across channels go to the channel order in both engines.
+    top = _largest_ranks(candidates)
+    positions = {}
+    for name in names:
+        quota, ranks = quotas[name], np.arange(1, top[name] + 1, dtype=np.float64)
+        position = ranks / quota if quota > 0 else np.full(ranks.size, np.inf)
+        if (name in strict or not backfill) and quota > 0:
+            position[ranks > quota] = np.inf
+        positions[name] = position
+    levels = np.unique(np.concatenate([*positions.values(), [np.inf]]))
+    infinite = int(np.searchsorted(levels, np.inf)) * 64
     frames = []
-    for name, frame in candidates.items():
-        quota = quotas[name]
-        capped = name in strict or not backfill
-        rank = F.col(S.RANK).cast("double")
-        # rank * (1 / quota), not rank / quota: polars divides a column by a scalar that way, and
-        # slot ties across channels (9/60 vs 3/20) must resolve as in the local merge.
-        position = rank * F.lit(1.0 / quota) if quota > 0 else F.lit(INF)
-        if capped and quota > 0:
-            position = F.when(F.col(S.RANK) <= quota, position).otherwise(F.lit(INF))
-        frames.append(frame.select(S.USER, S.ITEM, position.alias("_position"),
-                                   F.lit(name).alias(SOURCE), F.lit(order[name]).cast("int").alias("_order")))
+    for order, name in enumerate(names):
+        codes = np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order
+        code = F.element_at(F.array(*[F.lit(int(c)) for c in codes]), F.col(S.RANK).cast("int")) if codes.size \
+            else F.lit(infinite)
+        # Numbers, not names, through the shuffle: the (position, channel) code and the channel's bit.
+        frames.append(candidates[name].select(S.USER, S.ITEM, code.cast("long").alias("_code"),
+                                              F.lit(1 << order).cast("long").alias("_bit")))
     everything = frames[0]
     for frame in frames[1:]:
         everything = everything.unionByName(frame)
     best = (everything
             .groupBy(S.USER, S.ITEM)
-            .agg(F.min(F.struct("_position", "_order", SOURCE)).alias("_best"),
-                 F.array_sort(F.collect_set(SOURCE)).alias(S.CHANNELS))
-            .select(S.USER, S.ITEM, "_best._position", "_best._order", F.col(f"_best.{SOURCE}").alias(SOURCE),
-                    S.CHANNELS)
-            .filter(F.col("_position") < F.lit(INF)))
-    slot = Window.partitionBy(S.USER).orderBy("_position", "_order", S.ITEM)
+            # Each channel lists an item once per user, so the bits add up to the set of channels.
+            .agg(F.min("_code").alias("_code"), F.sum("_bit").alias("_mask"))
+            .filter(F.col("_code") < F.lit(infinite)))
+    slot = Window.partitionBy(S.USER).orderBy("_code", S.ITEM)
+    order = F.col("_code") % 64
+    position = F.element_at(F.array(*[F.lit(float(v)) for v in levels]), (F.col("_code") / 64).cast("int") + 1)
+    source = F.element_at(F.array(*[F.lit(n) for n in names]), order.cast("int") + 1)
+    listed = F.filter(F.array(*[F.when(F.col("_mask").bitwiseAND(F.lit(1 << i)) != 0, F.lit(n))
+                                for i, n in enumerate(names)]), lambda name: name.isNotNull())
     return (best.withColumn(S.RANK, F.row_number().over(slot))
             .filter(F.col(S.RANK) <= budget)
-            .select(S.USER, S.ITEM, (F.lit(1.0) / F.col("_position")).alias(S.SCORE),
-                    F.col(S.RANK).cast("int").alias(S.RANK), SOURCE, S.CHANNELS))
+            .select(S.USER, S.ITEM, (F.lit(1.0) / position).alias(S.SCORE),
+                    F.col(S.RANK).cast("int").alias(S.RANK), source.alias(SOURCE), listed.alias(S.CHANNELS)))
+
+
+def _largest_ranks(candidates: Mapping[str, DataFrame]) -> dict[str, int]:
+    """Each channel's largest rank (one job over all the tables); a rank below 1 is refused."""
+    names = sorted(candidates)
+    union = None
+    for order, name in enumerate(names):
+        frame = candidates[name].select(F.lit(order).alias("_c"), F.col(S.RANK).cast("long").alias("_r"))
+        union = frame if union is None else union.unionByName(frame)
+    rows = union.groupBy("_c").agg(F.min("_r").alias("lo"), F.max("_r").alias("hi")).collect()
+    if any(row["lo"] < 1 for row in rows):
+        raise RecallError("channel ranks must start at 1; pass channel outputs (user_id, item_id, score, rank)")
+    found = {names[row["_c"]]: int(row["hi"]) for row in rows}
+    return {name: found.get(name, 0) for name in names}
 
 
 __all__ = ["merge_channels"]

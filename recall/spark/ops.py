@@ -5,8 +5,10 @@ Two choices make the Spark tables equal to the local engine's, not merely close:
 - **Deterministic sums.** Spark adds a group's values in whatever order its
   shuffle delivers them, so two mathematically equal scores can differ in the
   last bit and the "ties to the smaller id" rule would then depend on the
-  partitioning. :func:`exact_sum` adds a group's terms in sorted order: equal
-  multisets of terms give bit-identical sums on any cluster.
+  partitioning. :func:`ordered_sum` adds a group's terms in the order of a key
+  -- the order the local engine's sparse products add them (e.g. triggers by
+  item id), so the sums are bit-identical to the local engine's wherever the
+  terms are, and the same on any cluster.
 - **Ordering.** Ranks are ``row_number`` over ``score`` descending, then the id
   ascending, which is :func:`recall.sparse.csr_to_frame`'s order (the local
   engine's item indices are the sorted ids).
@@ -20,10 +22,38 @@ from pyspark.sql import functions as F
 from recall import schema as S
 
 
-def exact_sum(column: str | Column) -> Column:
-    """Sum of a group's values, added in ascending order (independent of partitioning)."""
-    return F.aggregate(F.array_sort(F.collect_list(column)), F.lit(0.0).cast("double"),
-                       lambda total, value: total + value)
+def ordered_sum(value: str | Column, *keys: str | Column) -> Column:
+    """Sum of a group's values added one by one in ascending order of ``keys`` (unique within the group).
+
+    Equal to the local engine's sum when that adds the same terms in the same order,
+    and independent of how Spark partitions the data.
+    """
+    value = F.col(value) if isinstance(value, str) else value
+    keys = [F.col(k) if isinstance(k, str) else k for k in keys]
+    terms = F.array_sort(F.collect_list(F.struct(*[k.alias(f"k{n}") for n, k in enumerate(keys)],
+                                                 value.cast("double").alias("v"))))
+    return F.aggregate(terms, F.lit(0.0).cast("double"), lambda total, term: total + term["v"])
+
+
+def numpy_lookup(spark, values, function, name: str):
+    """A small broadcast table ``_key, <name>`` of ``function`` (numpy) over the distinct ``values``.
+
+    For the floats the local engine computes with numpy (``log1p``, ``**``): the JVM's
+    ``log1p`` and ``pow`` may differ in the last bit, so they are computed once per
+    distinct argument on the driver (counts: a few thousand values at most) and joined.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    keys = np.asarray(sorted(set(values)), dtype=np.float64)
+    result = np.asarray(function(keys), dtype=np.float64)
+    # From Arrow: a local relation built by the JVM (a list of tuples would start Python workers).
+    return F.broadcast(spark.createDataFrame(pa.table({"_key": keys, name: result})))
+
+
+def distinct_values(frame: DataFrame, column: str) -> list[float]:
+    """The distinct values of a small-cardinality column (counts), brought to the driver."""
+    return [row[0] for row in frame.select(F.col(column).cast("double")).distinct().collect()]
 
 
 def ranked(key: str, other: str, score: str = S.SCORE) -> Column:
@@ -68,4 +98,4 @@ def lookup(values: list[float], index: Column) -> Column:
     return F.element_at(F.array(*[F.lit(float(v)) for v in values]), (index + 1).cast("int"))
 
 
-__all__ = ["exact_sum", "long_table", "lookup", "normalise_max", "ranked", "rerank", "top_k"]
+__all__ = ["distinct_values", "numpy_lookup", "ordered_sum", "long_table", "lookup", "normalise_max", "ranked", "rerank", "top_k"]

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 from recall import schema as S
 from recall.channels.retarget import DAY, RetargetParams
 from recall.spark.data import SparkData
-from recall.spark.ops import exact_sum, long_table, top_k
+from recall.spark.ops import long_table, ordered_sum, top_k
 
 
 def retarget_candidates(data: SparkData, p: RetargetParams, n: int) -> DataFrame:
@@ -26,9 +26,9 @@ def retarget_candidates(data: SparkData, p: RetargetParams, n: int) -> DataFrame
     decay = (F.lit(1.0) if p.half_life_days is None
              else F.pow(F.lit(0.5), (F.lit(data.now) - F.col(S.TS)) / F.lit(p.half_life_days * DAY)))
     value = (F.col("bw") * decay).alias("_v")
-    pairs = (looks.select(S.USER, S.ITEM, S.TS, value)
+    pairs = (looks.select(S.USER, S.ITEM, S.TS, S.BEHAVIOR, value)
              .groupBy(S.USER, S.ITEM)
-             .agg((exact_sum("_v") if p.aggregate == "sum" else F.max("_v")).alias(S.SCORE),
+             .agg((ordered_sum("_v", S.TS, S.BEHAVIOR) if p.aggregate == "sum" else F.max("_v")).alias(S.SCORE),
                   F.max(S.TS).alias("_last_look")))
     last_buy = (events.filter(F.col(S.BEHAVIOR) == "buy")
                 .groupBy(S.USER, S.ITEM).agg(F.max(S.TS).alias("_last_buy")))

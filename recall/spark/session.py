@@ -7,6 +7,7 @@ config's ``[spark]`` section -- costs nothing and works without pyspark.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -28,6 +29,11 @@ appender.console.name = console
 appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n
+# PySpark's JVM counts as an interpreter: without a logger of its own for the class that
+# starts logging, Spark resets the level to WARN and says so on stderr ("Setting default
+# log level ..."), which cron would mail.
+logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
+logger.gateway.level = {level}
 """
 
 
@@ -46,7 +52,11 @@ class SparkSettings(BaseModel):
         True, description="write each table as one Parquet file, exactly the local layout; false writes a "
                           "folder <name>.parquet of part files in parallel (read as one table by polars, "
                           "pyarrow and Spark)")
-    conf: dict[str, str] = Field(default_factory=dict, description="further spark.* settings, passed as given")
+    java_options: str = Field(
+        "", description="extra JVM options of the driver and executors, e.g. -XX:TieredStopAtLevel=1 (quicker "
+                        "start for short jobs); added to recall's own (the log configuration)")
+    conf: dict[str, str] = Field(default_factory=dict, description="further spark.* settings, passed as given "
+                                 "(extraJavaOptions are appended to recall's, not replacing them)")
 
 
 def require_pyspark():
@@ -54,11 +64,13 @@ def require_pyspark():
     try:
         import pyspark
     except ImportError:
-        raise RecallError("the Spark engine needs pyspark: pip install 'recall[spark]' "
-                          "(PySpark 4.x, with a Java 17 or 21 runtime)") from None
+        raise RecallError("the Spark engine needs pyspark: pip install '.[spark]' in the recall checkout "
+                          "(or 'recall[spark]'; PySpark 4.x, with a Java 17 or 21 runtime), or run with "
+                          "--engine local") from None
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
-        raise RecallError("the Spark engine needs a Java runtime (17 or 21) and none was found: install one "
-                          "(e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME")
+        raise RecallError("the Spark engine needs a Java runtime (17 or 21) and none was found: install Java 17 "
+                          "(e.g. apt-get install openjdk-17-jre-headless) or set JAVA_HOME, or run with "
+                          "--engine local")
     return pyspark
 
 
@@ -106,10 +118,18 @@ def spark_session(settings: SparkSettings | None = None, **overrides):
         # `python3` is first on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     partitions = settings.shuffle_partitions or (4 * (os.cpu_count() or 1) if local else 200)
-    log_config = Path(tempfile.gettempdir()) / f"recall-spark-log4j2-{settings.log_level.upper()}.properties"
+    text = _LOG4J2.format(level=settings.log_level.upper())
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]  # a changed template gets a new file
+    log_config = Path(tempfile.gettempdir()) / f"recall-spark-log4j2-{digest}.properties"
     if not log_config.exists():
-        log_config.write_text(_LOG4J2.format(level=settings.log_level.upper()))
-    java_options = f"-Dlog4j2.configurationFile={log_config.as_uri()}"
+        partial = log_config.with_name(f"{log_config.name}.{os.getpid()}")
+        partial.write_text(text)
+        os.replace(partial, log_config)  # concurrent starts never see a half-written file
+    java_options = " ".join(filter(None, [f"-Dlog4j2.configurationFile={log_config.as_uri()}",
+                                          settings.java_options]))
+    extra = dict(settings.conf)
+    driver_options = " ".join(filter(None, [java_options, extra.pop("spark.driver.extraJavaOptions", "")]))
+    executor_options = " ".join(filter(None, [java_options, extra.pop("spark.executor.extraJavaOptions", "")]))
     conf = {
         "spark.driver.memory": settings.driver_memory,
         "spark.sql.shuffle.partitions": str(partitions),
@@ -118,15 +138,15 @@ def spark_session(settings: SparkSettings | None = None, **overrides):
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.adaptive.enabled": "true",
-        "spark.driver.extraJavaOptions": java_options,
-        "spark.executor.extraJavaOptions": java_options,
+        "spark.driver.extraJavaOptions": driver_options,
+        "spark.executor.extraJavaOptions": executor_options,
         # Plain folders of part files: no marker files, no checksum side files.
         "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
         "spark.hadoop.fs.file.impl": "org.apache.hadoop.fs.RawLocalFileSystem",
         "spark.hadoop.fs.file.impl.disable.cache": "true",
         "spark.sql.parquet.compression.codec": "zstd",
     }
-    conf.update(settings.conf)
+    conf.update(extra)
     builder = SparkSession.builder.master(settings.master).appName(settings.app_name)
     for key, value in conf.items():
         builder = builder.config(key, value)

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from recall import schema as S
 from recall.spark.data import SparkData
-from recall.spark.ops import exact_sum, long_table, top_k
+from recall.spark.ops import long_table, ordered_sum, top_k
 
 WEIGHT = "trigger_weight"
 # i2i tables above this many rows are shuffle-joined instead of broadcast.
@@ -57,8 +57,11 @@ def expand_triggers(data: SparkData, i2i: DataFrame, n: int, *, exclude_interact
     if i2i_rows is None or i2i_rows <= BROADCAST_ROWS:
         table = F.broadcast(table)
     terms = (triggers.join(table, S.ITEM)
-             .select(S.USER, F.col(S.NEIGHBOR).alias("_item"), (F.col(WEIGHT) * F.col("_sim")).alias("_term")))
-    scores = terms.groupBy(S.USER, "_item").agg(exact_sum("_term").alias(S.SCORE)).withColumnRenamed("_item", S.ITEM)
+             .select(S.USER, F.col(S.ITEM).alias("_trigger"), F.col(S.NEIGHBOR).alias("_item"),
+                     (F.col(WEIGHT) * F.col("_sim")).alias("_term")))
+    # Triggers added in item order, as the local product triggers @ similarity adds them.
+    scores = (terms.groupBy(S.USER, "_item").agg(ordered_sum("_term", "_trigger").alias(S.SCORE))
+              .withColumnRenamed("_item", S.ITEM))
     if exclude_interacted:
         scores = scores.join(data.engaged_pairs(), [S.USER, S.ITEM], "left_anti")
     return long_table(top_k(scores, S.USER, S.ITEM, n), S.USER, S.ITEM)

@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from recall import schema as S
 from recall.channels.usercf import UserCFParams
 from recall.spark.data import SparkData
-from recall.spark.ops import exact_sum, long_table, top_k
+from recall.spark.ops import distinct_values, long_table, numpy_lookup, ordered_sum, top_k
 
 
 def engagement_pairs(data: SparkData, p: UserCFParams) -> DataFrame:
@@ -42,16 +42,26 @@ def engagement_pairs(data: SparkData, p: UserCFParams) -> DataFrame:
             .filter(F.col("n_u") <= p.max_user_items))
 
 
-def neighbour_table(pairs: DataFrame, p: UserCFParams) -> DataFrame:
-    """``user_id, neighbor_id, score, rank``: each user's top-K most similar users."""
+def neighbour_table(data: SparkData, pairs: DataFrame, p: UserCFParams) -> DataFrame:
+    """``user_id, neighbor_id, score, rank``: each user's top-K most similar users.
+
+    The overlap adds the shared items' weights in item order (the local product's
+    order), with the weights computed by numpy, so the scores agree to the last bit.
+    """
+    import numpy as np
+
     counts = pairs.groupBy(S.ITEM).agg(F.count(F.lit(1)).cast("double").alias("_n"))
-    item_weight = F.lit(1.0) / F.log1p(F.col("_n")) if p.iif else F.lit(1.0)
-    rows = pairs.join(counts.select(S.ITEM, item_weight.alias("_wi")), S.ITEM)
+    if p.iif:
+        weights = numpy_lookup(data.spark, distinct_values(counts, "_n"), lambda n: 1.0 / np.log1p(n), "_wi")
+        counts = counts.join(weights, counts["_n"] == weights["_key"])
+    else:
+        counts = counts.withColumn("_wi", F.lit(1.0))
+    rows = pairs.join(counts.select(S.ITEM, "_wi"), S.ITEM)
     left = rows.select(S.ITEM, S.USER, F.col("n_u").cast("double").alias("_nu"), "_wi")
     right = rows.select(S.ITEM, F.col(S.USER).alias(S.NEIGHBOR), F.col("n_u").cast("double").alias("_nv"))
     shared = (left.join(right, S.ITEM).filter(F.col(S.USER) != F.col(S.NEIGHBOR))
               .groupBy(S.USER, S.NEIGHBOR)
-              .agg(exact_sum("_wi").alias("_overlap"), F.count(F.lit(1)).alias("_common"),
+              .agg(ordered_sum("_wi", S.ITEM).alias("_overlap"), F.count(F.lit(1)).alias("_common"),
                    F.first("_nu").alias("_nu"), F.first("_nv").alias("_nv")))
     if p.min_common_items > 1:
         shared = shared.filter(F.col("_common") >= p.min_common_items)
@@ -65,8 +75,8 @@ def usercf_candidates(data: SparkData, pairs: DataFrame, neighbours: DataFrame, 
     strength = pairs.filter(F.col("r") > 0).select(F.col(S.USER).alias(S.NEIGHBOR), S.ITEM, "r")
     votes = (neighbours.select(S.USER, S.NEIGHBOR, F.col(S.SCORE).alias("_sim"))
              .join(strength, S.NEIGHBOR)
-             .select(S.USER, S.ITEM, (F.col("_sim") * F.col("r")).alias("_t"))
-             .groupBy(S.USER, S.ITEM).agg(exact_sum("_t").alias(S.SCORE))
+             .select(S.USER, S.NEIGHBOR, S.ITEM, (F.col("_sim") * F.col("r")).alias("_t"))
+             .groupBy(S.USER, S.ITEM).agg(ordered_sum("_t", S.NEIGHBOR).alias(S.SCORE))
              .join(data.engaged_pairs(), [S.USER, S.ITEM], "left_anti"))
     return long_table(top_k(votes, S.USER, S.ITEM, n), S.USER, S.ITEM)
 
