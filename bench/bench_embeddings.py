@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/bench_embeddings.py [--repeat 3] [--walks-per-node 10] [--walk-length 80]
-        [--pecanpy /tmp/pecan/bin/python]
+        [--pecanpy /tmp/pecan/bin/python] [--workers 2] [--walks-only]
 
 The graph is the session item graph (1-hour sessions, ``recall.graph.item_graph``)
 of the 5M-event synthetic log that ``bench/bench_itemcf.py`` caches under
@@ -14,15 +14,35 @@ of the 5M-event synthetic log that ``bench/bench_itemcf.py`` caches under
     python3 -m venv /tmp/pecan && /tmp/pecan/bin/pip install pecanpy
 
 and runs as a subprocess on the same graph written as a weighted, directed edge
-list. Both sides walk ``walks_per_node`` walks of ``walk_length`` nodes from every
-node that has an edge (pecanpy's node set), DeepWalk-style (p = q = 1) and
-Node2Vec (p = 0.5, q = 2). Steps are the moves actually taken (a walk that hits a
-dead end stops early on both sides). pecanpy's ``SparseOTF`` reading the edge
-list and its numba compilation (a warm-up walk on the same graph) are timed
-separately and excluded from its walk time; ours includes building its tables
-(``Sampler.of``). pecanpy runs its numba-parallel loop on every core; ours is
-single-threaded numpy. The contenders alternate (ours, pecanpy, ours, ...) and the
-median over ``--repeat`` runs is reported.
+list. The two sides do the same work, measured the same way:
+
+- the same walks: ``walks_per_node`` walks from every node with an edge (pecanpy's
+  node set), each of ``walk_length`` moves (pecanpy's ``walk_length`` counts moves,
+  so ours are asked for ``walk_length + 1`` nodes), DeepWalk-style (p = q = 1) and
+  Node2Vec (p = 0.5, q = 2);
+- steps are the moves actually taken on both sides (a walk that reaches a dead
+  end stops early);
+- both use the 2 cores: pecanpy's numba ``prange`` loop on its default thread
+  count (reported), ours ``--workers`` threads;
+- pecanpy's numba compilation is excluded: a warm-up walk from 64 nodes on the
+  same graph (the compiled loop is specific to the graph's ``move_forward``
+  closure) runs before the timed call. Reading the edge list (and building its
+  CSR) is excluded on its side, as our CSR is built before the timed call too;
+  our sampling tables (alias records, the edge hash set) are built inside our
+  timed call (also reported alone). SparseOTF has no preprocessing;
+  PreCompFirstOrder's alias tables (and their JIT) are excluded from its time;
+- the timed call returns the walks as an integer matrix on both sides
+  (pecanpy's ``_random_walks``, what ``simulate_walks`` runs before mapping
+  indices to strings).
+
+SparseOTF (second-order transition probabilities computed on the fly at every
+step, also for p = q = 1) is the comparison the issue's targets are set
+against; for DeepWalk, pecanpy's fastest first-order mode (PreCompFirstOrder:
+numba alias tables) is shown for reference. The contenders alternate (ours,
+pecanpy, ours, ...) ``--repeat`` times and the median rate is reported, with
+every run's rate, the per-pair ratios, and steps per CPU-second (process CPU
+time over the timed call; less sensitive to other load on the machine than
+wall time, though not immune: caches are shared).
 
 **Skip-gram.** gensim Word2Vec (sg=1, negative 5, window 5, dim 64) over DeepWalk
 walks: tokens (walk nodes x epochs) per second of training, 1 and 2 workers.
@@ -56,33 +76,37 @@ import numpy as np
 from numba_progress import ProgressBar
 from pecanpy import pecanpy
 
-path, p, q, num_walks, walk_length, seed = sys.argv[1:7]
+path, mode, p, q, num_walks, walk_length, seed = sys.argv[1:8]
 p, q, num_walks, walk_length, seed = float(p), float(q), int(num_walks), int(walk_length), int(seed)
 started = time.perf_counter()
-g = pecanpy.SparseOTF(p=p, q=q, workers=2, verbose=False, random_state=seed)
+g = getattr(pecanpy, mode)(p=p, q=q, workers=2, verbose=False, random_state=seed)
 g.read_edg(path, weighted=True, directed=True, delimiter="\t")
 load = time.perf_counter() - started
-g._preprocess_transition_probs()
+started = time.perf_counter()
+g._preprocess_transition_probs()  # nothing for SparseOTF; alias tables (and their JIT) for PreCompFirstOrder
+preprocess = time.perf_counter() - started
 move_forward, has_nbrs = g.get_move_forward(), g.get_has_nbrs()
 
 def walk(starts):
-    # What SparseOTF.simulate_walks runs, minus the final mapping of indices to strings.
+    # What simulate_walks runs, minus the final mapping of indices to strings.
     with ProgressBar(total=starts.size, disable=True) as progress:
         return g._random_walks(starts.size, walk_length, seed, starts, has_nbrs, move_forward, progress)
 
 started = time.perf_counter()
-walk(np.arange(min(64, g.num_nodes), dtype=np.uint32))  # numba compiles here
+walk(np.arange(min(64, g.num_nodes), dtype=np.uint32))  # numba compiles here, for this graph's move_forward
 compile_seconds = time.perf_counter() - started
 starts = np.concatenate([np.arange(g.num_nodes, dtype=np.uint32)] * num_walks)
 np.random.seed(seed)
 np.random.shuffle(starts)
-started = time.perf_counter()
+started, cpu = time.perf_counter(), time.process_time()
 mat = walk(starts)
-seconds = time.perf_counter() - started
+seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
 import numba
-print(json.dumps({"load_seconds": load, "compile_seconds": compile_seconds, "seconds": seconds,
-                  "steps": int((mat[:, -1].astype(np.int64) - 1).sum()), "walks": int(starts.size),
-                  "nodes": int(g.num_nodes), "edges": int(g.num_edges), "threads": numba.get_num_threads()}))
+# Column -1 holds each walk's node count (the start + walk_length moves when it does not stop).
+print(json.dumps({"load_seconds": load, "preprocess_seconds": preprocess, "compile_seconds": compile_seconds,
+                  "seconds": seconds, "cpu_seconds": cpu, "steps": int((mat[:, -1].astype(np.int64) - 1).sum()),
+                  "walks": int(starts.size), "nodes": int(g.num_nodes), "edges": int(g.num_edges),
+                  "threads": numba.get_num_threads()}))
 """
 
 
@@ -108,24 +132,43 @@ def write_edge_list(graph, path: Path) -> None:
             handle.write(f"{row}\t{col}\t{weight:g}\n")
 
 
-def ours(graph, p: float, q: float, walks_per_node: int, walk_length: int, seed: int) -> dict:
-    from recall.walks import deepwalk_walks, node2vec_walks, walk_steps
+def ours(graph, p: float, q: float, walks_per_node: int, walk_length: int, seed: int, workers: int) -> dict:
+    """Our walks from every node with an edge; ``walk_length`` moves, as pecanpy's ``walk_length``.
+
+    Timed from the CSR matrix to the walks array, building the sampling tables included.
+    """
+    from recall.walks import Sampler, deepwalk_walks, node2vec_walks, walk_steps
 
     active = np.flatnonzero((np.diff(graph.indptr) > 0) | (np.bincount(graph.indices, minlength=graph.shape[0]) > 0))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     if p == 1 and q == 1:
-        walks = deepwalk_walks(graph, walks_per_node, walk_length, seed, start_nodes=active)
+        walks = deepwalk_walks(graph, walks_per_node, walk_length + 1, seed, start_nodes=active, workers=workers)
     else:
-        walks = node2vec_walks(graph, walks_per_node, walk_length, p, q, seed, start_nodes=active)
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "steps": walk_steps(walks), "walks": int(walks.shape[0]), "walks_array": walks}
+        walks = node2vec_walks(graph, walks_per_node, walk_length + 1, p, q, seed, start_nodes=active,
+                               workers=workers)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    # The tables alone, for the record (already inside ``seconds``).
+    started = time.perf_counter()
+    sampler = Sampler.of(graph)
+    if p != 1 or q != 1:
+        sampler.walk_records
+    tables = time.perf_counter() - started
+    return {"seconds": seconds, "cpu_seconds": cpu, "tables_seconds": tables, "steps": walk_steps(walks),
+            "walks": int(walks.shape[0]), "walks_array": walks}
 
 
-def pecanpy_run(python: str, edges: Path, p: float, q: float, walks_per_node: int, walk_length: int,
+def pecanpy_run(python: str, mode: str, edges: Path, p: float, q: float, walks_per_node: int, walk_length: int,
                 seed: int) -> dict:
-    out = subprocess.run([python, "-c", PECANPY_SCRIPT, str(edges), str(p), str(q), str(walks_per_node),
+    out = subprocess.run([python, "-c", PECANPY_SCRIPT, str(edges), mode, str(p), str(q), str(walks_per_node),
                           str(walk_length), str(seed)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# (label, p, q, pecanpy modes): SparseOTF is the comparison the targets are set against;
+# PreCompFirstOrder (alias tables for first-order walks, numba) is pecanpy's fastest
+# DeepWalk mode, shown for reference.
+WALKERS = (("DeepWalk (p = q = 1)", 1.0, 1.0, ("SparseOTF", "PreCompFirstOrder")),
+           ("Node2Vec (p = 0.5, q = 2)", 0.5, 2.0, ("SparseOTF",)))
 
 
 def bench_walks(graph, args) -> tuple[list[dict], np.ndarray]:
@@ -133,31 +176,43 @@ def bench_walks(graph, args) -> tuple[list[dict], np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         edges = Path(tmp) / "graph.edg"
         write_edge_list(graph, edges)
-        for label, p, q in (("DeepWalk (p = q = 1)", 1.0, 1.0), ("Node2Vec (p = 0.5, q = 2)", 0.5, 2.0)):
-            mine, theirs = [], []
+        for label, p, q, modes in WALKERS:
+            mine, theirs = [], {mode: [] for mode in modes} if args.pecanpy else {}
             for rep in range(args.repeat):
-                run = ours(graph, p, q, args.walks_per_node, args.walk_length, seed=rep)
+                # Alternate the contenders so that other load on the machine hits both alike.
+                run = ours(graph, p, q, args.walks_per_node, args.walk_length, seed=rep, workers=args.workers)
                 if p == 1 and dw_walks is None:
                     dw_walks = run["walks_array"]
                 mine.append(run)
-                if args.pecanpy:
-                    theirs.append(pecanpy_run(args.pecanpy, edges, p, q, args.walks_per_node, args.walk_length,
-                                              seed=rep))
-                print(f"  {label} rep {rep}: ours {run['steps'] / run['seconds'] / 1e6:.2f} M steps/s"
-                      + (f", pecanpy {theirs[-1]['steps'] / theirs[-1]['seconds'] / 1e6:.3f} M steps/s"
-                         if theirs else ""), file=sys.stderr)
-            row = {"walker": label, "walks": mine[0]["walks"],
-                   "ours_steps": mine[0]["steps"], "ours_seconds": statistics.median(r["seconds"] for r in mine)}
-            row["ours_rate"] = row["ours_steps"] / row["ours_seconds"]
-            if theirs:
-                row.update(pecanpy_steps=theirs[0]["steps"],
-                           pecanpy_seconds=statistics.median(r["seconds"] for r in theirs),
-                           pecanpy_load=statistics.median(r["load_seconds"] for r in theirs),
-                           pecanpy_compile=statistics.median(r["compile_seconds"] for r in theirs),
-                           pecanpy_threads=theirs[0]["threads"])
-                row["pecanpy_rate"] = row["pecanpy_steps"] / row["pecanpy_seconds"]
-                row["ratio"] = row["ours_rate"] / row["pecanpy_rate"]
-            rows.append(row)
+                line = f"  {label} rep {rep}: ours {run['steps'] / run['seconds'] / 1e6:.2f} M steps/s"
+                for mode in theirs:
+                    theirs[mode].append(pecanpy_run(args.pecanpy, mode, edges, p, q, args.walks_per_node,
+                                                    args.walk_length, seed=rep))
+                    last = theirs[mode][-1]
+                    line += f", pecanpy {mode} {last['steps'] / last['seconds'] / 1e6:.3f} M steps/s"
+                print(line, file=sys.stderr)
+            base = {"walker": label, "walks": mine[0]["walks"], "ours_steps": mine[0]["steps"],
+                    "ours_seconds": statistics.median(r["seconds"] for r in mine),
+                    "ours_tables": statistics.median(r["tables_seconds"] for r in mine),
+                    "ours_rates": [r["steps"] / r["seconds"] for r in mine],
+                    "ours_cpu_rate": statistics.median(r["steps"] / r["cpu_seconds"] for r in mine)}
+            base["ours_rate"] = statistics.median(base["ours_rates"])
+            for mode, runs in theirs.items() or [(None, [])]:
+                row = dict(base, mode=mode)
+                if runs:
+                    row.update(pecanpy_steps=runs[0]["steps"],
+                               pecanpy_seconds=statistics.median(r["seconds"] for r in runs),
+                               pecanpy_prep=statistics.median(r["load_seconds"] + r["preprocess_seconds"]
+                                                              for r in runs),
+                               pecanpy_compile=statistics.median(r["compile_seconds"] for r in runs),
+                               pecanpy_threads=runs[0]["threads"],
+                               pecanpy_rates=[r["steps"] / r["seconds"] for r in runs],
+                               pecanpy_cpu_rate=statistics.median(r["steps"] / r["cpu_seconds"] for r in runs))
+                    row["pecanpy_rate"] = statistics.median(row["pecanpy_rates"])
+                    row["ratio"] = row["ours_rate"] / row["pecanpy_rate"]
+                    row["cpu_ratio"] = row["ours_cpu_rate"] / row["pecanpy_cpu_rate"]
+                    row["paired"] = [a["steps"] / a["seconds"] / (b["steps"] / b["seconds"]) for a, b in zip(mine, runs)]
+                rows.append(row)
     return rows, dw_walks
 
 
@@ -229,6 +284,8 @@ def main() -> None:
     parser.add_argument("--faiss-queries", type=int, default=10_000, help="queries on the random vectors")
     parser.add_argument("--pecanpy", default="/tmp/pecan/bin/python",
                         help="python of a venv with pecanpy installed ('' to skip)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="threads of our walkers")
+    parser.add_argument("--walks-only", action="store_true", help="skip the skip-gram and faiss parts")
     args = parser.parse_args()
     if args.pecanpy and not Path(args.pecanpy).exists():
         print(f"no {args.pecanpy}: create it with 'python3 -m venv /tmp/pecan && /tmp/pecan/bin/pip install "
@@ -237,30 +294,44 @@ def main() -> None:
 
     train, graph, stats, graph_seconds = build_graph()
     walk_rows, walks = bench_walks(graph, args)
-    sg_rows, vectors, mask = bench_skipgram(walks, train.n_items, args)
-    faiss_rows = bench_faiss(vectors, mask, "DeepWalk vectors")
-    faiss_rows += bench_faiss(clustered_vectors(args.faiss_items, 64), np.ones(args.faiss_items, bool),
-                              f"{args.faiss_items // 1000}k clustered random", queries=args.faiss_queries)
+    sg_rows, faiss_rows = [], []
+    if not args.walks_only:
+        sg_rows, vectors, mask = bench_skipgram(walks, train.n_items, args)
+        faiss_rows = bench_faiss(vectors, mask, "DeepWalk vectors")
+        faiss_rows += bench_faiss(clustered_vectors(args.faiss_items, 64), np.ones(args.faiss_items, bool),
+                                  f"{args.faiss_items // 1000}k clustered random", queries=args.faiss_queries)
 
     print(f"Command: `.venv/bin/python bench/bench_embeddings.py --repeat {args.repeat} --walks-per-node "
-          f"{args.walks_per_node} --walk-length {args.walk_length}`; {os.cpu_count()} cores, "
-          f"load average at the end {os.getloadavg()[0]:.1f}.\n")
+          f"{args.walks_per_node} --walk-length {args.walk_length} --workers {args.workers}"
+          f"{' --walks-only' if args.walks_only else ''}`; {os.cpu_count()} cores, load average at the end "
+          f"{os.getloadavg()[0]:.1f} (1 min) / {os.getloadavg()[1]:.1f} (5 min).\n")
     print(f"Graph: {train.events.height:,} events -> {stats['nodes']:,} items with edges, {stats['edges']:,} "
           f"directed edges (mean out-degree {stats['mean_out_degree']:.1f}, max {stats['max_out_degree']}, "
           f"{stats['dead_ends']} dead ends, {stats['weakly_connected']} weak components), built in "
           f"{graph_seconds:.2f} s.\n")
-    print("| walker | walks | steps (ours / pecanpy) | ours s | ours M steps/s | pecanpy s | pecanpy M steps/s "
-          "| ours / pecanpy | pecanpy read + compile s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| walker | pecanpy mode | walks | moves (ours / pecanpy) | ours s (tables s) | ours M steps/s "
+          "(runs) | pecanpy s | pecanpy M steps/s (runs) | ours / pecanpy (paired runs) | per CPU-second: "
+          "ours / pecanpy M steps | pecanpy read + prep, compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def runs(rates):
+        return ", ".join(f"{rate / 1e6:.1f}" for rate in rates)
+
     for r in walk_rows:
+        ours_cells = (f"{r['ours_seconds']:.3f} ({r['ours_tables']:.3f}) | {r['ours_rate'] / 1e6:.1f} "
+                      f"({runs(r['ours_rates'])})")
         if "ratio" in r:
-            print(f"| {r['walker']} | {r['walks']:,} | {r['ours_steps']:,} / {r['pecanpy_steps']:,} | "
-                  f"{r['ours_seconds']:.2f} | {r['ours_rate'] / 1e6:.2f} | {r['pecanpy_seconds']:.2f} | "
-                  f"{r['pecanpy_rate'] / 1e6:.3f} | **{r['ratio']:.1f}x** | "
-                  f"{r['pecanpy_load']:.2f} + {r['pecanpy_compile']:.1f} |")
+            print(f"| {r['walker']} | {r['mode']} | {r['walks']:,} | {r['ours_steps']:,} / {r['pecanpy_steps']:,} | "
+                  f"{ours_cells} | {r['pecanpy_seconds']:.2f} | {r['pecanpy_rate'] / 1e6:.2f} "
+                  f"({runs(r['pecanpy_rates'])}) | **{r['ratio']:.1f}x** "
+                  f"({', '.join(f'{x:.1f}' for x in r['paired'])}) | "
+                  f"{r['ours_cpu_rate'] / 1e6:.1f} / {r['pecanpy_cpu_rate'] / 1e6:.2f} = {r['cpu_ratio']:.1f}x | "
+                  f"{r['pecanpy_prep']:.2f}, {r['pecanpy_compile']:.1f} |")
         else:
-            print(f"| {r['walker']} | {r['walks']:,} | {r['ours_steps']:,} / - | {r['ours_seconds']:.2f} | "
-                  f"{r['ours_rate'] / 1e6:.2f} | - | - | - | - |")
+            print(f"| {r['walker']} | - | {r['walks']:,} | {r['ours_steps']:,} / - | {ours_cells} | - | - | - | "
+                  f"{r['ours_cpu_rate'] / 1e6:.1f} / - | - |")
+    if args.walks_only:
+        return
     print("\n| skip-gram (gensim, dim 64, window 5, negative 5) | tokens | seconds | tokens/s |")
     print("|---|---|---|---|")
     for r in sg_rows:

@@ -8,7 +8,7 @@ import scipy.sparse as sp
 from scipy.stats import chi2
 
 from recall.errors import RecallError
-from recall.walks import deepwalk_walks, node2vec_walks, walk_steps, walks_to_sentences
+from recall.walks import EdgeSet, Sampler, _hash, deepwalk_walks, node2vec_walks, walk_steps, walks_to_sentences
 
 # A small directed weighted graph with one-way and two-way edges, a triangle, a
 # node (5) whose in- and out-neighbours differ, and a dead end (6).
@@ -149,20 +149,97 @@ def test_bad_input_is_refused():
         deepwalk_walks(sp.csr_matrix((2, 3)), 1, 5, seed=0)
 
 
-def test_guide_table_finds_the_binary_search_edge():
-    """The guided search returns exactly the inverse-CDF edge of a plain binary search."""
-    from recall.walks import Sampler
-
-    rng = np.random.default_rng(4)
-    n = 200
-    graph = sp.random(n, n, density=0.1, random_state=rng, format="lil")
-    graph[0, :] = 1e-6  # a row of tiny weights with one heavy edge: long guide buckets
+def nasty_graph(seed: int = 4, n: int = 300) -> sp.csr_matrix:
+    """Weights over ten orders of magnitude, ties, one-edge rows, a dense row and a dead end."""
+    rng = np.random.default_rng(seed)
+    graph = sp.random(n, n, density=0.05, random_state=rng, format="lil")
+    graph[0, :] = 1e-6  # a dense row of tiny weights around one heavy edge
     graph[0, 5] = 1e3
+    graph[1, :] = 0
+    graph[1, 7] = 2.0  # a single out-edge
+    graph[2, :] = 0
+    graph[2, :40] = 3.0  # all weights equal: every slot keeps its own edge
+    graph[3, :] = 0  # a dead end
     graph = sp.csr_matrix(graph)
+    graph.data = np.where(rng.random(graph.nnz) < 0.3, np.round(graph.data * 4) + 1,
+                          10.0 ** rng.uniform(-5, 5, graph.nnz))
+    return graph
+
+
+def test_alias_tables_reproduce_edge_probabilities():
+    """Each slot's own / alias mass, summed per edge, is the edge's share of its row's weight."""
+    graph = nasty_graph()
     sampler = Sampler.of(graph)
-    nodes = rng.choice(np.flatnonzero(np.diff(graph.indptr) > 0), 200_000)
-    nodes[:20_000] = 0
-    u = rng.random(nodes.size)
-    u[:10] = np.nextafter(1.0, 0)
-    expected = np.minimum(np.searchsorted(sampler.key, nodes + u, side="right"), sampler.indptr[nodes + 1] - 1)
-    np.testing.assert_array_equal(sampler.edge_of(nodes, u), expected)
+    prob = graph.data / np.repeat(np.asarray(graph.sum(axis=1)).ravel(), np.diff(graph.indptr))
+    np.testing.assert_allclose(sampler.implied_probabilities(), prob, rtol=1e-11, atol=1e-15)
+    assert ((sampler.own >= 0) & (sampler.own <= 1)).all()
+    rows = np.repeat(np.arange(graph.shape[0]), np.diff(graph.indptr))
+    assert (rows[sampler.alias] == rows).all()  # an alias never leaves its row
+
+
+def test_alias_step_is_the_inverse_of_its_distribution():
+    """A fine grid of uniforms through ``step`` hits each out-edge in proportion to its weight."""
+    graph = nasty_graph(seed=5, n=60)
+    sampler = Sampler.of(graph)
+    grid = (np.arange(2**16) + 0.5) / 2**16
+    for v in [0, 1, 2, 3, 10, 11, 12]:
+        reached = sampler.step(np.full(grid.size, v), grid)
+        row = graph[v]
+        if row.nnz == 0:
+            assert (reached == -1).all()  # a dead end goes to -1
+            continue
+        freq = np.bincount(reached, minlength=graph.shape[0]) / grid.size
+        expected = np.zeros(graph.shape[0])
+        expected[row.indices] = row.data / row.data.sum()
+        # Each slot holds 2^16 / deg grid points; a threshold splits one point at most.
+        assert np.abs(freq - expected).max() <= 2.0 * row.nnz / grid.size, v
+    assert (sampler.step(np.array([-1, -1]), np.array([0.0, 0.999])) == -1).all()  # -1 stays -1
+
+
+@pytest.mark.parametrize("walker", ["deepwalk", "node2vec"])
+def test_walks_do_not_depend_on_the_number_of_threads(walker, monkeypatch):
+    """Every block has its own seeded stream, so 1, 2 or 3 threads give the same walks."""
+    import recall.walks as walks_module
+
+    monkeypatch.setattr(walks_module, "BLOCK", 97)  # many blocks on a small graph
+    graph = nasty_graph(seed=6, n=200)
+
+    def run(workers, seed=3):
+        if walker == "deepwalk":
+            return deepwalk_walks(graph, 4, 12, seed, workers=workers)
+        return node2vec_walks(graph, 4, 12, 0.5, 2.0, seed, workers=workers)
+
+    one = run(1)
+    assert one.shape[0] > 5 * 97
+    for workers in (2, 3):
+        np.testing.assert_array_equal(run(workers), one)
+    assert not np.array_equal(run(2, seed=4), one)
+
+
+@pytest.mark.parametrize("n", [1000, 100_000])  # int32 keys, then int64 keys (n * n >= 2^31)
+def test_edge_set_against_a_python_set(n):
+    rng = np.random.default_rng(n)
+    keys = np.unique(rng.integers(0, n * n, 5000))
+    # Pile 40 keys onto one home bucket, so that buckets overflow into their neighbours.
+    probe = EdgeSet.of(keys, key_bound=n * n + n + 1)
+    many = rng.integers(0, n * n, 400_000)
+    same_home = many[_hash(many.astype(probe.dtype), probe.bits) == 7][:40]
+    keys = np.unique(np.concatenate([keys, same_home]))
+    edges = EdgeSet.of(keys, key_bound=n * n + n + 1)
+    assert edges.full.any()
+    queries = np.concatenate([keys, rng.integers(-n - 1, n * n, 20_000), same_home + 1])
+    stored = set(keys.tolist())
+    expected = np.array([key in stored for key in queries.tolist()])
+    np.testing.assert_array_equal(edges.contains(queries), expected)
+    position = edges.find(queries)
+    np.testing.assert_array_equal(position >= 0, expected)
+    np.testing.assert_array_equal(keys[position[expected]], queries[expected])
+
+
+def test_short_walks():
+    graph = small_graph()
+    for walker in (lambda length: deepwalk_walks(graph, 2, length, seed=0),
+                   lambda length: node2vec_walks(graph, 2, length, 0.5, 2.0, seed=0)):
+        np.testing.assert_array_equal(walker(1), np.tile(np.arange(6), 2)[:, None])
+        two = walker(2)
+        assert all((a, b) in EDGES for a, b in two.tolist())
