@@ -157,7 +157,12 @@ def attributed_counts(data: TrainData, events: pl.DataFrame, p: RankI2IParams) -
     item = targets[IIDX].to_numpy()
     ts = targets[S.TS].to_numpy()
     is_click = (targets[S.BEHAVIOR] == "click").to_numpy()
-    parts = []
+    # Running sums per (trigger, item) as a sparse matrix of int64 codes: clicks in the high
+    # 32 bits, impressions in the low 32, so one matrix carries both and every attributed pair
+    # is a non-zero. Adding one block's matrix costs memory in the distinct pairs, not in the
+    # blocks' repeats of them.
+    n_items = data.n_items
+    counts = sp.csr_matrix((n_items, n_items), dtype=np.int64)
     for lo, hi in blocks(targets.height, p.attribution_block):
         u, t = user[lo:hi], ts[lo:hi]
         first = np.searchsorted(eng_key, keys(u, np.searchsorted(times, t - horizon, "left")), "left")
@@ -174,12 +179,18 @@ def attributed_counts(data: TrainData, events: pl.DataFrame, p: RankI2IParams) -
                       .unique("event", keep="first"))
         else:
             joined = joined.unique(["event", TRIGGER])
-        parts.append(joined.group_by(TRIGGER, IIDX).agg(
-            clicks=pl.col("is_click").sum().cast(pl.Float64),
-            impressions=(~pl.col("is_click")).sum().cast(pl.Float64)))
-    counts = pl.concat(parts).group_by(TRIGGER, IIDX).agg(pl.col("clicks", "impressions").sum())
-    return (counts.with_columns(pl.min_horizontal("clicks", "impressions").alias("clicks"))
-            .sort(TRIGGER, IIDX))
+        code = np.where(joined["is_click"].to_numpy(), np.int64(1) << 32, np.int64(1))
+        block = sp.csr_matrix((code, (joined[TRIGGER].to_numpy(), joined[IIDX].to_numpy())),
+                              shape=(n_items, n_items))
+        block.sum_duplicates()
+        counts = counts + block
+    counts.sort_indices()
+    code = counts.data
+    clicks, impressions = (code >> 32).astype(np.float64), (code & 0xFFFFFFFF).astype(np.float64)
+    if not counts.nnz:
+        return empty
+    return pl.DataFrame({TRIGGER: row_indices(counts).astype(np.int32), IIDX: counts.indices.astype(np.int32),
+                         "clicks": np.minimum(clicks, impressions), "impressions": impressions})
 
 
 class RankI2I(I2IChannel):
