@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--users-per-shard", type=int, default=25_000)
     parser.add_argument("--users-growth", action="store_true", help="also run the 10x-users experiment")
     parser.add_argument("--set", action="append", default=[], help="config overrides for every run")
+    parser.add_argument("--json", type=Path, default=OUT / "pipeline.json", help="where the results go")
     args = parser.parse_args()
     print(f"cores: {os.cpu_count()}; recall: {RECALL}", file=sys.stderr)
     results = {}
@@ -136,8 +137,8 @@ def main() -> None:
                                     ("100k users, 10 shards of 10k", grown, 10)):
             print(f"users growth: {label} ...", file=sys.stderr)
             growth[label] = run_pipeline(data, OUT / "pipeline-growth", shards, [*counting, *args.set])
-    (OUT / "pipeline.json").write_text(json.dumps({"sizes": results, "users_growth": growth}, indent=2))
-    print(f"## cores: {os.cpu_count()}\n")
+    args.json.write_text(json.dumps({"sizes": results, "users_growth": growth}, indent=2))
+    print(f"## cores: {os.cpu_count()}; overrides: {' '.join(args.set) or 'none'}\n")
     if results:
         print("| size | events | users | shards | wall s | peak RSS MiB |\n|---|---:|---:|---:|---:|---:|")
         for size, r in results.items():
