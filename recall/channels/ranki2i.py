@@ -184,11 +184,10 @@ def attributed_counts(data: TrainData, events: pl.DataFrame, p: RankI2IParams) -
                               shape=(n_items, n_items))
         block.sum_duplicates()
         counts = counts + block
-    counts.sort_indices()
-    code = counts.data
-    clicks, impressions = (code >> 32).astype(np.float64), (code & 0xFFFFFFFF).astype(np.float64)
     if not counts.nnz:
         return empty
+    counts.sort_indices()
+    clicks, impressions = (counts.data >> 32).astype(np.float64), (counts.data & 0xFFFFFFFF).astype(np.float64)
     return pl.DataFrame({TRIGGER: row_indices(counts).astype(np.int32), IIDX: counts.indices.astype(np.int32),
                          "clicks": np.minimum(clicks, impressions), "impressions": impressions})
 
