@@ -178,6 +178,12 @@ def fit_run_models(cfg: Config, train: TrainData, names: Iterable[str], stage: S
     return models, failures
 
 
+def all_failed(failures: list[dict]) -> RecallError:
+    """The error of a run none of whose enabled channels succeeded (each failure named)."""
+    return RecallError("every enabled channel failed: " + "; ".join(
+        f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+
+
 @contextlib.contextmanager
 def tolerated(cfg: Config, part: str, failures: list[dict], **where):
     """Let an optional channel's failure pass: record it in ``failures`` and log it as an error."""
@@ -246,8 +252,7 @@ def run(cfg: Config, step: Step = no_progress) -> dict:
         run_date = cfg.output.run_date or default_run_date(data)
         models, failures = fit_run_models(cfg, train, names, stage)
         if not models:
-            raise RecallError("every enabled channel failed: " + "; ".join(
-                f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+            raise all_failed(failures)
         blocks = None
         if cfg.filters.purchase.enabled:
             with stage("purchase blocks"):
@@ -274,8 +279,7 @@ def run(cfg: Config, step: Step = no_progress) -> dict:
                         if name not in candidates:
                             del models[name]  # failed: the remaining shards go on without it
                     if not candidates:
-                        raise RecallError("every enabled channel failed: " + "; ".join(
-                            f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+                        raise all_failed(failures)
                     with stage("merge and filter", progress=""):
                         merged, _, removed = merge_outputs(cfg, candidates, train, blocks)
                     with stage("write candidates", progress=""):

@@ -312,8 +312,9 @@ def _run(cfg, spark, settings: SparkSettings, lock, names: list[str], local_name
                     channels[name] = candidates
                     timings[f"channel.{name}"] = round(time.perf_counter() - started, 3)
             if not channels:
-                raise RecallError("every enabled channel failed: " + "; ".join(
-                    f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+                from recall.pipeline import all_failed
+
+                raise all_failed(failures)
             with step("merge and filter"):
                 started = time.perf_counter()
                 quotas = cfg.quotas()
