@@ -93,8 +93,15 @@ class MergeConfig(Strict):
 
 
 class EvalConfig(Strict):
+    protocol: Literal["time", "user"] = Field(
+        "time", description="time: global split, targets in [T, T + test_days) (users without history "
+                            "included); user: T at split_quantile, each user with min_history_items is "
+                            "scored on their next holdout_items new items after T (recall/split.py)")
     test_days: float = Field(1.0, gt=0, description="length of the test window after the split")
     split_ts: int | None = Field(None, description="epoch seconds; default: last test_days of the log")
+    split_quantile: float = Field(0.8, gt=0, lt=1, description="user protocol: T at this quantile of event times")
+    holdout_items: int = Field(5, ge=1, description="user protocol: each user's next N new items are the targets")
+    min_history_items: int = Field(3, ge=1, description="user protocol: users need this many items before T")
     ks: list[int] = Field(default_factory=lambda: [10, 50, 100, 200])
     target_behaviors: list[str] = Field(default_factory=lambda: ["click", "fav", "cart", "buy"])
     exclude_seen_targets: bool = Field(

@@ -35,11 +35,11 @@ from recall.context import UIDX, TrainData
 from recall.errors import RecallError
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, merge_outputs, no_progress
+from recall.split import REPEAT, Split, eligible_users, target_pairs, time_split, user_split
 
 if TYPE_CHECKING:
     from recall.config import Config, EvalConfig
 
-REPEAT = "repeat"
 MAIN_SEGMENTS = ("all", "warm")
 
 
@@ -53,42 +53,30 @@ def als_settings(cfg: Config) -> A.ALSConfig:
     return getattr(cfg.eval, "als", None) or A.ALSConfig()
 
 
-def time_split(data: Dataset, cfg: EvalConfig) -> tuple[Dataset, pl.DataFrame, int]:
-    """Training dataset (events before T), test events in [T, T + test_days), and T."""
-    events = data.events
-    horizon = int(cfg.test_days * 86400)
-    split = cfg.split_ts if cfg.split_ts is not None else int(events[S.TS].max()) + 1 - horizon
-    train = events.filter(pl.col(S.TS) < split)
-    test = events.filter((pl.col(S.TS) >= split) & (pl.col(S.TS) < split + horizon))
-    if train.height == 0 or test.height == 0:
-        raise RecallError(f"the time split at ts={split} leaves an empty {'train' if train.height == 0 else 'test'} "
-                          "set; set eval.split_ts or eval.test_days to fall inside the log")
-    return Dataset(train, data.items, data.users, data.files), test, split
+def split_data(data: Dataset, cfg: EvalConfig) -> Split:
+    """The evaluation's split under ``eval.protocol`` (:mod:`recall.split`): nothing after T is trained on."""
+    if cfg.protocol == "user":
+        return user_split(data, cfg.split_quantile)
+    return time_split(data, cfg.test_days, cfg.split_ts)
 
 
-def target_pairs(train: TrainData, test: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
-    """Every (user_id, item_id) engaged with in the test window, with ``repeat``: engaged in training too.
+def evaluation_targets(train: TrainData, split: Split, cfg: EvalConfig) -> pl.DataFrame:
+    """``user_id, item_id, repeat`` to score: the test window's engagements, or each user's next items.
 
     With ``max_users``, a seeded sample of the users with any target is kept.
     """
-    targets = test.filter(pl.col(S.BEHAVIOR).is_in(cfg.target_behaviors)).select(S.USER, S.ITEM).unique()
-    seen = train.engaged().select(S.USER, S.ITEM).unique().with_columns(pl.lit(True).alias(REPEAT))
-    targets = (targets.join(seen, on=[S.USER, S.ITEM], how="left")
-               .with_columns(pl.col(REPEAT).fill_null(False)))
+    engaged = train.engaged()
+    if split.protocol == "user":
+        targets = target_pairs(engaged, split.test, cfg.target_behaviors, per_user=cfg.holdout_items)
+        targets = targets.join(eligible_users(engaged, cfg.min_history_items), on=S.USER, how="semi")
+    else:
+        targets = target_pairs(engaged, split.test, cfg.target_behaviors)
     if cfg.max_users is not None:
         users = targets.select(S.USER).unique().sort(S.USER)
         if users.height > cfg.max_users:
             users = users.sample(cfg.max_users, seed=train.seed)
             targets = targets.join(users, on=S.USER, how="semi")
-    return targets.sort(S.USER, S.ITEM)
-
-
-def test_targets(train: TrainData, test: pl.DataFrame, cfg: EvalConfig) -> pl.DataFrame:
-    """(user_id, item_id) pairs the user engaged with in the test window (new items only by default)."""
-    pairs = target_pairs(train, test, cfg)
-    if cfg.exclude_seen_targets:
-        pairs = pairs.filter(~pl.col(REPEAT))
-    return pairs.select(S.USER, S.ITEM)
+    return targets
 
 
 def metrics(candidates: pl.DataFrame, targets: pl.DataFrame, ks: list[int], n_items: int) -> dict:
@@ -211,9 +199,9 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
     """
     ecfg = cfg.eval
     ks = sorted(set(ecfg.ks))
-    train_data, test, split = time_split(data, ecfg)
-    train = TrainData.build(train_data, now=split, triggers=cfg.triggers, seed=cfg.seed)
-    pairs = target_pairs(train, test, ecfg)
+    split = split_data(data, ecfg)
+    train = TrainData.build(split.train, now=split.ts, triggers=cfg.triggers, seed=cfg.seed)
+    pairs = evaluation_targets(train, split, ecfg)
     targets = pairs.filter(~pl.col(REPEAT)) if ecfg.exclude_seen_targets else pairs
     targets = targets.select(S.USER, S.ITEM)
     if targets.height == 0:
@@ -285,8 +273,9 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
     cold = targets[S.USER].n_unique() - segments["warm"][S.USER].n_unique()
     return {
         "data": str(cfg.data.dir),
-        "split_ts": split,
-        "test_days": ecfg.test_days,
+        "protocol": split.protocol,
+        "split_ts": split.ts,
+        "test_days": ecfg.test_days if split.protocol == "time" else None,
         "train_events": train.events.height,
         "test_users": targets[S.USER].n_unique(),
         "test_users_without_history": cold,

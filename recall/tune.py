@@ -55,10 +55,11 @@ from recall.analysis import TuneConfig, equal_quotas
 from recall.config import Config, _format_validation_error, apply_overrides, read_toml
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import metrics, target_pairs, time_split
+from recall.evaluate import evaluation_targets, metrics, split_data
 from recall.filters import apply_filters
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, no_progress
+from recall.split import REPEAT, Split, dataset_at, user_split
 
 Quotas = dict[str, int]
 Score = Callable[[Quotas], float]
@@ -227,19 +228,18 @@ class Validation:
 
 
 def validation_split(cfg: Config, data: Dataset, t1: int, t2: int) -> Validation:
-    """Train on events before ``t1``; targets are the engagements in [t1, t2) (as the evaluation's)."""
+    """Train on what was knowable at ``t1``; targets from [t1, t2), chosen as the evaluation chooses them."""
     events = data.events
-    train_events = events.filter(pl.col(S.TS) < t1)
-    valid_events = events.filter((pl.col(S.TS) >= t1) & (pl.col(S.TS) < t2))
-    if train_events.height == 0 or valid_events.height == 0:
-        part = "training" if train_events.height == 0 else "validation"
+    split = Split(dataset_at(data, t1), events.filter((pl.col(S.TS) >= t1) & (pl.col(S.TS) < t2)), t1,
+                  cfg.eval.protocol)
+    if split.train.events.height == 0 or split.test.height == 0:
+        part = "training" if split.train.events.height == 0 else "validation"
         raise RecallError(f"the validation window [{t1}, {t2}) leaves no {part} events; set "
                           "tune.validation_days (and tune.validation_windows) so the windows fall inside the log")
-    train = TrainData.build(Dataset(train_events, data.items, data.users, data.files), now=t1,
-                            triggers=cfg.triggers, seed=cfg.seed)
-    pairs = target_pairs(train, valid_events, cfg.eval)
+    train = TrainData.build(split.train, now=t1, triggers=cfg.triggers, seed=cfg.seed)
+    pairs = evaluation_targets(train, split, cfg.eval)
     if cfg.eval.exclude_seen_targets:
-        pairs = pairs.filter(~pl.col("repeat"))
+        pairs = pairs.filter(~pl.col(REPEAT))
     targets = pairs.select(S.USER, S.ITEM)
     if targets.height == 0:
         raise RecallError(f"the validation window [{t1}, {t2}) has no target interactions; "
@@ -248,10 +248,21 @@ def validation_split(cfg: Config, data: Dataset, t1: int, t2: int) -> Validation
 
 
 def validation_windows(cfg: Config, data: Dataset, settings: TuneConfig | None = None) -> list[tuple[int, int]]:
-    """The validation windows [T1, T2), latest first, the latest ending at the evaluation split."""
+    """The validation windows [T1, T2), latest first, the latest ending at the evaluation split.
+
+    Time protocol: windows as long as ``tune.validation_days`` (default: the test
+    window). User protocol: each window's T1 is the ``eval.split_quantile`` of the
+    events before its T2, so validation users are held out as test users are.
+    """
     settings = settings or tune_settings(cfg)
-    _, _, split = time_split(data, cfg.eval)
-    # By default a validation window is as long as the test window it stands in for.
+    split = split_data(data, cfg.eval).ts
+    if cfg.eval.protocol == "user":
+        windows, t2 = [], split
+        for _ in range(settings.validation_windows):
+            t1 = user_split(Dataset(data.events.filter(pl.col(S.TS) < t2)), cfg.eval.split_quantile).ts
+            windows.append((t1, t2))
+            t2 = t1
+        return windows
     length = int((settings.validation_days or cfg.eval.test_days) * 86400)
     return [(split - (i + 1) * length, split - i * length) for i in range(settings.validation_windows)]
 

@@ -14,8 +14,8 @@ from recall import analysis as A
 from recall.config import Config, EvalConfig
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import evaluate, implicit_als, metrics, target_pairs, time_split, with_quotas
-from recall.evaluate import test_targets as targets_of  # aliased, or pytest would collect it as a test
+from recall.evaluate import evaluate, implicit_als, metrics, split_data, with_quotas
+from recall.split import target_pairs
 from recall.io import Dataset, normalise_events
 from tests.conftest import random_log
 
@@ -58,7 +58,8 @@ def test_metrics_match_brute_force(seed):
 
 def test_time_split_never_leaks_the_future():
     events = random_log(3, n_events=500, days=10)
-    train, test, split = time_split(Dataset(events), EvalConfig(test_days=2))
+    cut = split_data(Dataset(events), EvalConfig(test_days=2))
+    train, test, split = cut.train, cut.test, cut.ts
     assert train.events["ts"].max() < split <= test["ts"].min()
     assert test["ts"].max() < split + 2 * 86400
     assert train.events.height + test.height == events.height
@@ -67,25 +68,22 @@ def test_time_split_never_leaks_the_future():
 def test_split_outside_the_log_is_a_clear_error():
     events = random_log(3)
     with pytest.raises(RecallError, match="empty"):
-        time_split(Dataset(events), EvalConfig(split_ts=1))
+        split_data(Dataset(events), EvalConfig(split_ts=1))
 
 
 # --- target pairs, baselines, the full report -----------------------------------------------------------
 
 
-def test_target_pairs_flag_repeats_and_test_targets_drop_them():
+def test_target_pairs_flag_repeats():
     events = random_log(4, n_events=600, n_users=10, n_items=12, days=10)
-    train_data, test, split = time_split(Dataset(events), EvalConfig(test_days=3))
-    train = TrainData.build(train_data, now=split)
-    cfg = EvalConfig(test_days=3)
-    pairs = target_pairs(train, test, cfg)
-    engaged = {(u, i) for u, i, b in train_data.events.select("user_id", "item_id", "behavior").iter_rows()
+    cut = split_data(Dataset(events), EvalConfig(test_days=3))
+    train = TrainData.build(cut.train, now=cut.ts)
+    pairs = target_pairs(train.engaged(), cut.test, EvalConfig().target_behaviors)
+    engaged = {(u, i) for u, i, b in cut.train.events.select("user_id", "item_id", "behavior").iter_rows()
                if b != "impression"}
-    wanted = {(u, i) for u, i, b in test.select("user_id", "item_id", "behavior").iter_rows() if b != "impression"}
+    wanted = {(u, i) for u, i, b in cut.test.select("user_id", "item_id", "behavior").iter_rows()
+              if b != "impression"}
     assert {(u, i): r for u, i, r in pairs.iter_rows()} == {p: p in engaged for p in wanted}
-    assert set(targets_of(train, test, cfg).iter_rows()) == wanted - engaged
-    keep = EvalConfig(test_days=3, exclude_seen_targets=False)
-    assert set(targets_of(train, test, keep).iter_rows()) == wanted
 
 
 def block_log(n_users: int = 60, n_items: int = 30) -> Dataset:

@@ -13,7 +13,7 @@ from recall.analysis import TuneConfig, equal_quotas
 from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import time_split, with_quotas
+from recall.evaluate import split_data, with_quotas
 from recall.io import Dataset
 from recall.pipeline import fit_channels, merge_outputs
 from recall.tune import (CachedScore, QuotaMerger, Validation, allocations, exhaustive_allocate, greedy_allocate,
@@ -125,7 +125,7 @@ def test_allocations_enumerate_compositions_and_respect_caps():
 
 
 def validations_for(cfg: Config, data: Dataset, days: float = 2.0) -> list[Validation]:
-    _, _, split = time_split(data, cfg.eval)
+    split = split_data(data, cfg.eval).ts
     validation = validation_split(cfg, data, split - int(days * 86400), split)
     outputs = fit_channels(cfg, validation.train, cfg.enabled_channels(), n=20)
     validation.candidates = {n: o.candidates for n, o in outputs.items()}
@@ -177,7 +177,7 @@ def test_tune_end_to_end_writes_a_fragment_that_layers(tmp_path):
     data = dataset(1)
     settings = TuneConfig(validation_days=2, step=2, k=5)
     result = tune(cfg, data, settings=settings)
-    _, _, split = time_split(data, cfg.eval)
+    split = split_data(data, cfg.eval).ts
     assert result.windows == [(split - 2 * 86400, split)]  # the validation window ends where eval's test begins
     assert sum(result.quotas.values()) == 8 and all(q % 2 == 0 for q in result.quotas.values())
     assert result.scores["tuned"] >= max(result.scores["equal"], result.scores["configured"]) - 1e-9
@@ -197,7 +197,7 @@ def test_tune_end_to_end_writes_a_fragment_that_layers(tmp_path):
 def test_tune_never_reads_the_test_window():
     cfg = config(budget=8, reserve=2)
     data = dataset(2)
-    _, _, split = time_split(data, cfg.eval)
+    split = split_data(data, cfg.eval).ts
     settings = TuneConfig(validation_days=2, step=2, k=5)
     before = tune(cfg, data, settings=settings)
     # Scramble everything at or after the evaluation split: tuning must not notice.
@@ -258,7 +258,7 @@ def test_tune_config_section_validates():
 def test_validation_windows_default_to_the_test_window_length_and_stack_back():
     cfg = config()
     data = dataset(1)
-    _, _, split = time_split(data, cfg.eval)
+    split = split_data(data, cfg.eval).ts
     assert validation_windows(cfg, data, TuneConfig()) == [(split - 86400, split)]
     three = validation_windows(cfg, data, TuneConfig(validation_days=2, validation_windows=3))
     assert three == [(split - 2 * 86400, split), (split - 4 * 86400, split - 2 * 86400),
@@ -268,7 +268,7 @@ def test_validation_windows_default_to_the_test_window_length_and_stack_back():
 def test_pooled_windows_weight_each_window_by_its_users():
     cfg = config(budget=8, reserve=2)
     data = dataset(1)
-    _, _, split = time_split(data, cfg.eval)
+    split = split_data(data, cfg.eval).ts
     windows = []
     for t1, t2 in validation_windows(cfg, data, TuneConfig(validation_days=2, validation_windows=2)):
         v = validation_split(cfg, data, t1, t2)
@@ -309,6 +309,6 @@ def test_tune_reads_the_tune_section_of_the_config():
     base = config(budget=8, reserve=2).model_dump(exclude_none=True)
     cfg = WithTune.model_validate({**base, "tune": {"validation_days": 2, "step": 4, "k": 5}})
     data = dataset(1)
-    _, _, split = time_split(data, cfg.eval)
+    split = split_data(data, cfg.eval).ts
     result = tune(cfg, data)
     assert result.windows == [(split - 2 * 86400, split)] and result.step == 4 and result.k == 5
