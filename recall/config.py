@@ -108,6 +108,10 @@ class EvalConfig(Strict):
         True, description="drop test items the user already had in training (recall of new items)"
     )
     max_users: int | None = Field(None, ge=1, description="evaluate a seeded sample of test users")
+    popularity_half_life_days: float | None = Field(
+        None, gt=0, description="recency-decayed popularity baseline; default: the test window's length")
+    ease_lambda: float = Field(200.0, gt=0, description="EASE baseline's L2 penalty")
+    ease_max_items: int = Field(10_000, ge=0, description="EASE baseline on the most engaged items (0: off)")
     als: ALSConfig = ALSConfig()
     segments: SegmentsConfig = SegmentsConfig()
 

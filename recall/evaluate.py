@@ -23,13 +23,13 @@ renders it.
 from __future__ import annotations
 
 import time
-import warnings
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
 from recall import analysis as A
+from recall import baselines as B
 from recall import schema as S
 from recall.context import UIDX, TrainData
 from recall.errors import RecallError
@@ -118,70 +118,51 @@ def merge_with_quotas(cfg: Config, candidates: dict[str, pl.DataFrame], train: T
     return merge_outputs(with_quotas(cfg, quotas), candidates, train)[0]
 
 
-def popularity(train: TrainData, users: pl.Series, n: int) -> pl.DataFrame:
-    """Most-engaged items in training, minus what each user already engaged with."""
-    counts = train.engaged().group_by(S.ITEM).agg(pl.col(UIDX).n_unique().alias("n")).sort(
-        ["n", S.ITEM], descending=[True, False])
-    max_seen = int(np.diff(train.interactions.indptr).max(initial=0))
-    top = counts.head(n + max_seen).with_columns(pop_rank=pl.int_range(pl.len()))
-    seen = train.engaged().select(S.USER, S.ITEM).unique()
-    return (pl.DataFrame({S.USER: users}).join(top, how="cross")
-            .join(seen, on=[S.USER, S.ITEM], how="anti")
-            .sort(S.USER, "pop_rank")
-            .with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(S.USER).alias(S.RANK))
-            .filter(pl.col(S.RANK) <= n)
-            .select(S.USER, S.ITEM, pl.col("n").cast(pl.Float64).alias(S.SCORE), S.RANK))
+def baselines(cfg: Config) -> dict[str, B.Baseline]:
+    """The baselines scored next to the merge (:mod:`recall.baselines`), each topped up with popularity."""
+    ecfg = cfg.eval
+    half_life = ecfg.popularity_half_life_days or (ecfg.test_days if ecfg.protocol == "time" else 7.0)
+    methods: dict[str, B.Baseline] = {
+        "popularity": B.popularity,
+        "popularity_recent": lambda t, u, n: B.popularity_recent(t, u, n, half_life),
+        "implicit_bm25": B.implicit_bm25,
+    }
+    als = als_settings(cfg)
+    if als.enabled:
+        methods["implicit_als"] = lambda t, u, n: B.implicit_als(
+            t, u, n, factors=als.factors, iterations=als.iterations, regularization=als.regularization,
+            alpha=als.alpha)
+    if ecfg.ease_max_items > 0:
+        methods["ease"] = lambda t, u, n: B.ease(t, u, n, lam=ecfg.ease_lambda, max_items=ecfg.ease_max_items)
+
+    def served(method: B.Baseline) -> B.Baseline:
+        if method is B.popularity:
+            return method
+        return lambda t, u, n: B.topped_up(method(t, u, n), B.popularity(t, u, n), n)
+
+    return {name: served(method) for name, method in methods.items()}
 
 
-def _implicit_frame(train: TrainData, idx: np.ndarray, ids: np.ndarray, scores: np.ndarray) -> pl.DataFrame:
-    """implicit's (users x N) id and score arrays as a ranked candidate table (padding dropped)."""
-    valid = (ids >= 0) & np.isfinite(scores) & (scores > -1e30)
-    rows = np.repeat(idx, ids.shape[1]).reshape(ids.shape)
-    return pl.DataFrame({
-        S.USER: train.user_ids.gather(rows[valid]),
-        S.ITEM: train.item_ids.gather(ids[valid].astype(np.int64)),
-        S.SCORE: scores[valid].astype(np.float64),
-    }).with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int32).over(S.USER).alias(S.RANK))
-
-
-def implicit_bm25(train: TrainData, users: pl.Series, n: int, k1: float = 1.2, b: float = 0.75,
-                  neighbours: int = 100) -> pl.DataFrame:
-    """implicit's BM25 item-item recommender, the peer baseline, on the same training data."""
-    from implicit.nearest_neighbours import BM25Recommender
-
-    user_items = train.interactions.astype(np.float64).tocsr()
-    model = BM25Recommender(K=neighbours, K1=k1, B=b)
-    idx = train.user_index(users)
-    idx = idx[idx >= 0]
-    with warnings.catch_warnings():  # implicit warns about its own internal COO conversion
-        warnings.simplefilter("ignore")
-        model.fit(user_items, show_progress=False)
-        ids, scores = model.recommend(idx, user_items[idx], N=n, filter_already_liked_items=True)
-    # BM25 gives unrelated items a zero score: those are padding, not recommendations.
-    positive = np.where(scores > 0, scores, -np.inf)
-    return _implicit_frame(train, idx, ids, positive)
-
-
-def implicit_als(train: TrainData, users: pl.Series, n: int, params: A.ALSConfig | None = None) -> pl.DataFrame:
-    """implicit's AlternatingLeastSquares (implicit-feedback matrix factorisation), seeded, liked items filtered."""
-    from implicit.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    params = params or A.ALSConfig()
-    user_items = train.interactions.astype(np.float32).tocsr()
-    idx = train.user_index(users)
-    idx = idx[idx >= 0]
-    # implicit runs its own threads; a multithreaded BLAS underneath only oversubscribes the cores
-    # (implicit warns about exactly this), so BLAS is pinned to one thread while it works.
-    with threadpool_limits(1, "blas"), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = AlternatingLeastSquares(factors=params.factors, iterations=params.iterations,
-                                        regularization=params.regularization, alpha=params.alpha,
-                                        random_state=train.seed, use_gpu=False)
-        model.fit(user_items, show_progress=False)
-        ids, scores = model.recommend(idx, user_items[idx], N=min(n, train.n_items),
-                                      filter_already_liked_items=True)
-    return _implicit_frame(train, idx, np.atleast_2d(ids), np.atleast_2d(scores))
+def headline(scored: dict[str, pl.DataFrame], rows: list[dict], segments: dict[str, pl.DataFrame],
+             ks: list[int]) -> dict:
+    """Merged vs the best baseline at each K, per main segment: values, ratio, paired difference and its SE."""
+    out: dict = {}
+    names = {r["name"] for r in rows if r["kind"] == "baseline"}
+    if "merged" not in scored or not names:
+        return out
+    for segment in MAIN_SEGMENTS:
+        targets = segments.get(segment)
+        if targets is None or targets.height == 0:
+            continue
+        for k in ks:
+            at = {r["name"]: r["recall"] for r in rows if r["segment"] == segment and r["k"] == k}
+            best = max(sorted(names), key=lambda n: at.get(n, 0.0))
+            diff = A.paired_difference(scored["merged"], scored[best], targets, [k])[k]
+            out.setdefault(segment, {})[str(k)] = {
+                "merged": at["merged"], "best_baseline": best, "baseline": at[best],
+                "ratio": at["merged"] / at[best] if at[best] else float("inf"),
+                "delta": diff["delta"], "stderr": diff["stderr"], "users": diff["users"]}
+    return out
 
 
 def _rows(name: str, kind: str, segment: str, values: dict, seconds: float) -> list[dict]:
@@ -254,11 +235,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
             record("merged_equal", "merged", merged_equal, time.perf_counter() - started)
         slots = {"merged": _slots(merged, names, users.len()), "merged_equal": _slots(merged_equal, names,
                                                                                         users.len())}
-    baselines = [("popularity", popularity), ("implicit_bm25", implicit_bm25)]
-    als = als_settings(cfg)
-    if als.enabled:
-        baselines.append(("implicit_als", lambda t, u, n: implicit_als(t, u, n, als)))
-    for name, baseline in baselines:
+    for name, baseline in baselines(cfg).items():
         with step(f"baseline {name}"):
             started = time.perf_counter()
             frame = baseline(train, users, depth)
@@ -291,6 +268,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
         "segment_targets": {name: frame.height for name, frame in segments.items()},
         "segment_results": segment_rows,
         "analysis": analysis,
+        "headline": headline(scored, rows, segments, ks),
         "curves": {name: A.recall_curve(frame, targets, max(ks)).round(6).tolist()
                    for name, frame in scored.items()},
     }

@@ -247,17 +247,28 @@ def metrics_table(report: dict, segment: str) -> str:
 
 
 def headline_table(report: dict) -> str:
+    """Per K: the merges, the best channel, the best baseline (every baseline is topped up with
+    popularity, as served), merged / best baseline and the paired difference with its s.e."""
     table = result_table(report)
+    heads = report.get("headline", {}).get("all", {})
     rows = []
     for k in report["ks"]:
         best = best_channel(report, k)
+        head = heads.get(str(k))
         cells = [f'<td class="name">{k}</td>']
         for name in ("merged", "merged_equal"):
             cells.append(_cell(table[name][k]["recall"], name=name, k=k, metric="recall") if name in table
                          else "<td>-</td>")
         cells.append(_cell(best[1], name=best[0], k=k, metric="recall") if best else "<td>-</td>")
         cells.append(f'<td class="name">{_e(best[0]) if best else "-"}</td>')
-        for name in ("popularity", "implicit_bm25", "implicit_als"):
+        if head:
+            name = head["best_baseline"]
+            cells.append(_cell(table[name][k]["recall"], name=name, k=k, metric="recall"))
+            cells.append(f'<td class="name">{_e(name)}</td><td>{fmt(head["ratio"])}</td>'
+                         f"<td>{fmt(head['delta'])} ± {fmt(head['stderr'])}</td>")
+        else:
+            cells.append("<td>-</td>" * 4)
+        for name in ("popularity", "implicit_als"):
             cells.append(_cell(table[name][k]["recall"], name=name, k=k, metric="recall") if name in table
                          else "<td>-</td>")
         comparison = report["analysis"].get("merged_vs_equal", {}).get(str(k))
@@ -265,7 +276,9 @@ def headline_table(report: dict) -> str:
                      else "<td>-</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return ('<table id="headline"><thead><tr><th class="name">K</th><th>merged</th><th>merged, equal quotas</th>'
-            '<th>best channel</th><th class="name">which</th><th>popularity</th><th>BM25</th><th>ALS</th>'
+            '<th>best channel</th><th class="name">which</th><th>best baseline</th><th class="name">which</th>'
+            "<th>merged / best baseline</th><th>merged − best baseline (± s.e.)</th>"
+            "<th>popularity</th><th>ALS</th>"
             "<th>merged − equal (± s.e.)</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")
 

@@ -14,7 +14,8 @@ from recall import analysis as A
 from recall.config import Config, EvalConfig
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import evaluate, implicit_als, metrics, split_data, with_quotas
+from recall.baselines import implicit_als
+from recall.evaluate import evaluate, metrics, split_data, with_quotas
 from recall.split import target_pairs
 from recall.io import Dataset, normalise_events
 from tests.conftest import random_log
@@ -102,15 +103,15 @@ def block_log(n_users: int = 60, n_items: int = 30) -> Dataset:
 def test_als_recommends_within_the_planted_community_and_never_a_liked_item():
     train = TrainData.build(block_log(), seed=5)
     users = train.user_ids
-    params = A.ALSConfig(factors=8, iterations=20, regularization=0.01)
-    recs = implicit_als(train, users, 3, params)
+    params = dict(factors=8, iterations=20, regularization=0.01)
+    recs = implicit_als(train, users, 3, **params)
     assert recs.columns == ["user_id", "item_id", "score", "rank"]
     assert recs.group_by("user_id").len()["len"].max() == 3
     own_block = recs.with_columns(ok=(pl.col("user_id") % 2) == (pl.col("item_id") >= 15))
     assert own_block["ok"].all()
     seen = train.engaged().select("user_id", "item_id").unique()
     assert recs.join(seen, on=["user_id", "item_id"], how="semi").height == 0
-    again = implicit_als(train, users, 3, params)
+    again = implicit_als(train, users, 3, **params)
     assert again.equals(recs)  # seeded
 
 
@@ -136,7 +137,15 @@ def test_report_has_every_part(small_report):
     report = small_report
     names = {r["name"] for r in report["results"]}
     assert {"itemcf", "usercf", "crowd", "merged", "merged_equal", "merged_unfiltered", "popularity",
-            "implicit_bm25", "implicit_als"} <= names
+            "popularity_recent", "implicit_bm25", "implicit_als", "ease"} <= names
+    # Every baseline is served as a deployment would: users it cannot serve get popular items.
+    for name in ("implicit_bm25", "implicit_als", "ease"):
+        row = next(r for r in report["results"] if r["name"] == name and r["segment"] == "all" and r["k"] == 8)
+        pop = next(r for r in report["results"] if r["name"] == "popularity" and r["segment"] == "all"
+                   and r["k"] == 8)
+        assert row["hit_rate"] > 0 and row["coverage"] > 0 and pop["recall"] > 0
+    head = report["headline"]["all"]["8"]
+    assert head["best_baseline"] in names and head["ratio"] == pytest.approx(head["merged"] / head["baseline"])
     assert report["quotas"] == {"configured": {"itemcf": 4, "usercf": 3, "crowd": 1},
                                 "equal": {"itemcf": 3, "usercf": 3, "crowd": 2}}
     segments = report["segment_users"]
