@@ -81,7 +81,7 @@ class TuneConfig(_Section):
     validation_days: float | None = Field(None, gt=0, description="length of each validation window [T1, T2); "
                                                                  "the last ends where the evaluation's test "
                                                                  "window starts; default: eval.test_days")
-    validation_windows: int = Field(1, ge=1, description="consecutive validation windows, latest first, "
+    validation_windows: int = Field(2, ge=1, description="consecutive validation windows, latest first, "
                                                          "pooled (each with channels trained before it): "
                                                          "more windows, less noise, more fits")
     metric: Literal["recall", "ndcg", "hit_rate"] = Field("recall", description="merged metric to maximise")
@@ -94,6 +94,10 @@ class TuneConfig(_Section):
                                                                 "(e.g. a retargeting volume set by policy)")
     respect_strict: bool = Field(True, description="a strict channel (e.g. retarget) never gets more than its "
                                                    "configured quota: its volume is capped on purpose")
+    min_z: float = Field(2.0, ge=0, description="keep the configured quotas unless the searched ones gain more "
+                                                "than this many standard errors (paired over validation users)")
+    search_params: bool = Field(True, description="also choose the crowd hot list's depth, ranking and "
+                                                  "half-life on validation (recall/tune.py)")
 
 
 def top_k(candidates: pl.DataFrame, k: int) -> pl.DataFrame:

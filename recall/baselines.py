@@ -95,8 +95,10 @@ def implicit_frame(train: TrainData, idx: np.ndarray, ids: np.ndarray, scores: n
 
 
 def known_users(train: TrainData, users: pl.Series) -> np.ndarray:
+    """Indices of the users with engagement in training: a model has nothing to say about the others."""
     idx = train.user_index(users)
-    return idx[idx >= 0]
+    idx = idx[idx >= 0]
+    return idx[np.diff(train.interactions.indptr)[idx] > 0]
 
 
 def implicit_bm25(train: TrainData, users: pl.Series, n: int, k1: float = 1.2, b: float = 0.75,

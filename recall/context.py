@@ -94,16 +94,23 @@ class TrainData:
 
         A (user, item) pair's weight is its strongest single event, so repeated
         clicks do not swamp a purchase; each user keeps ``max_triggers`` items.
+        A user with no behaviour inside ``window_days`` falls back to their latest
+        ones: the window and the decay then count from their own last behaviour,
+        so a returning user whose history is older than the window still gets
+        candidates from the i2i channels.
         """
         cfg = self.triggers
         weights = pl.DataFrame({S.BEHAVIOR: list(cfg.behavior_weights),
                                 "bw": list(cfg.behavior_weights.values())}).with_columns(
             pl.col(S.BEHAVIOR).cast(self.events.schema[S.BEHAVIOR]))
-        age_days = (self.now - pl.col(S.TS)) / 86400.0
+        last = pl.col(S.TS).max().over(UIDX)
+        reference = pl.when(self.now - last <= cfg.window_days * 86400.0).then(pl.lit(self.now)).otherwise(last)
+        age_days = (pl.col("reference") - pl.col(S.TS)) / 86400.0
         triggers = (self.events
-                    .filter(age_days <= cfg.window_days)
                     .join(weights, on=S.BEHAVIOR)
                     .filter(pl.col("bw") > 0)
+                    .with_columns(reference=reference)
+                    .filter(age_days <= cfg.window_days)
                     .with_columns(w=pl.col("bw") * (0.5 ** (age_days / cfg.half_life_days)))
                     .group_by(UIDX, IIDX).agg(pl.col("w").max())
                     .sort([UIDX, "w", IIDX], descending=[False, True, False])

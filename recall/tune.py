@@ -358,6 +358,9 @@ class TuneResult:
     """Tuned quotas and what they scored on the validation window."""
 
     quotas: Quotas
+    gain: dict[str, float]  # searched minus configured quotas, recall@K: delta, stderr, users (paired)
+    kept_prior: bool  # the gain was within min_z standard errors: the configured quotas were kept
+    params: dict[str, dict]  # channel parameters chosen on validation ({} without the search)
     metric: str
     k: int
     budget: int
@@ -395,11 +398,20 @@ class TuneResult:
             f"#   equal       {self.scores['equal']:.4f}   {_quota_text(self.equal)}",
             f"#   configured  {self.scores['configured']:.4f}   {_quota_text(self.configured)}",
             "#   each channel alone: " + ", ".join(f"{n} {v:.4f}" for n, v in self.alone.items()),
+            f"# Searched minus configured quotas, recall@{self.k}: {self.gain['delta']:+.4f} "
+            f"± {self.gain['stderr']:.4f} (s.e., {self.gain['users']} paired users): "
+            + ("within noise, so the configured quotas are kept." if self.kept_prior
+               else "beyond noise, so the searched quotas are used."),
             f"# {self.evaluations} merges evaluated in {self.seconds:.1f} s.",
             "# Use it over the base config: recall eval -c <base.toml> -c <this file>",
         ]
         for name, quota in self.quotas.items():
             lines += ["", f"[channels.{name}]", f"quota = {quota}"]
+            chosen = self.params.get(name, {})
+            if chosen:
+                lines.append("# chosen on validation from " + ", ".join(
+                    f"{key} in {values}" for key, values in SEARCH_SPACE_TEXT.get(name, {}).items()))
+            lines += [f"{key} = {_toml_value(value)}" for key, value in chosen.items()]
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> Path:
@@ -408,6 +420,84 @@ class TuneResult:
             path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_toml())
         return path
+
+
+def _toml_value(value) -> str:
+    if value is None:
+        return "inf"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+# --- channel parameters chosen on validation ------------------------------------------------------
+
+SEARCH_SPACE_TEXT = {"crowd": {"attributes": "every prefix of the configured list",
+                               "rank_by": ["ctr", "volume"], "half_life_days": [7, 14, 30, "inf"]}}
+
+
+def crowd_variants(params) -> list[dict]:
+    """The hot list's settings worth trying: crowd depth, CTR or volume, the recency blend."""
+    depths = [list(params.attributes[:d]) for d in range(len(params.attributes) + 1)]
+    return [dict(attributes=a, rank_by=r, half_life_days=h)
+            for a in depths for r in ("ctr", "volume") for h in (7.0, 14.0, 30.0, None)
+            if not (r == "ctr" and h != params.half_life_days)]  # the CTR mode does not decay
+
+
+def search_channel_params(cfg: Config, validations: Sequence[Validation], metric: str, k: int
+                          ) -> tuple[Config, dict[str, dict]]:
+    """Channel parameters with no safe universal default, chosen by the channel's own metric@K on validation.
+
+    Today the crowd hot list: whether demographic crowds beat the global list, whether
+    CTR or engaged users rank it, how fast votes decay, all depend on the data. A
+    variant that cannot fit (CTR without impressions) is skipped.
+    """
+    from recall.channels import get_channel
+
+    chosen: dict[str, dict] = {}
+    if "crowd" not in cfg.enabled_channels():
+        return cfg, chosen
+    base = cfg.channels["crowd"]
+    total = sum(v.users for v in validations)
+    best, best_value = None, -1.0
+    for variant in crowd_variants(base):
+        params = base.model_copy(update=variant)
+        value = 0.0
+        try:
+            for v in validations:
+                channel = get_channel("crowd")(params).fit(v.train)
+                users = v.targets.select(S.USER).unique()
+                idx = np.sort(v.train.user_index(users[S.USER]))
+                frame = channel.recommend(v.train, k, idx[idx >= 0])
+                value += v.users * metrics(frame, v.targets, [k], 1)[k][metric]
+        except RecallError:
+            continue
+        if value / max(total, 1) > best_value + TOLERANCE:
+            best, best_value = variant, value / max(total, 1)
+    if best is not None:
+        chosen["crowd"] = best
+        channels = dict(cfg.channels)
+        channels["crowd"] = base.model_copy(update=best)
+        cfg = cfg.model_copy(update={"channels": channels})
+    return cfg, chosen
+
+
+def paired_gain(cfg: Config, validations: Sequence[Validation], tuned: Quotas, prior: Quotas, k: int) -> dict:
+    """Recall@K of the merge under ``tuned`` minus under ``prior``, paired per validation user, pooled."""
+    from recall.analysis import paired_difference
+
+    deltas, variances, users = 0.0, 0.0, 0
+    for v in validations:
+        restricted = {n: f.join(v.targets.select(S.USER).unique(), on=S.USER, how="semi")
+                      for n, f in v.candidates.items()}
+        merge = QuotaMerger(cfg, restricted, v.train)
+        diff = paired_difference(merge(tuned), merge(prior), v.targets, [k])[k]
+        deltas += diff["delta"] * diff["users"]
+        variances += (diff["stderr"] * diff["users"]) ** 2 if np.isfinite(diff["stderr"]) else 0.0
+        users += diff["users"]
+    return {"delta": deltas / max(users, 1), "stderr": float(np.sqrt(variances)) / max(users, 1), "users": users}
 
 
 def _quota_text(quotas: Quotas) -> str:
@@ -430,10 +520,14 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
     validations = []
     for i, (t1, t2) in enumerate(windows, 1):
         with step(f"validation window {i}/{len(windows)}"):
-            validation = validation_split(cfg, data, t1, t2)
+            validations.append(validation_split(cfg, data, t1, t2))
+    params: dict[str, dict] = {}
+    if settings.search_params:
+        with step("channel parameter search"):
+            cfg, params = search_channel_params(cfg, validations, settings.metric, k)
+    for validation in validations:
         outputs = fit_channels(cfg, validation.train, names, step)
         validation.candidates = {n: o.candidates for n, o in outputs.items()}
-        validations.append(validation)
     score = quota_scorer(cfg, validations, settings.metric, k)
     configured = {n: q for n, q in cfg.quotas().items() if n in names}
     unknown = sorted(set(settings.fixed) - set(names))
@@ -455,8 +549,13 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
         tuned = {n: fixed.get(n, found.quotas.get(n, 0)) for n in names}
         equal = equal_quotas(names, budget)
         scores = {"tuned": score(tuned), "equal": score(equal), "configured": score(configured)}
+        gain = paired_gain(cfg, validations, tuned, configured, k)
+        kept_prior = gain["delta"] <= settings.min_z * gain["stderr"]
+        if kept_prior:
+            tuned = dict(configured)  # the search found no gain beyond noise: the prior stands
     return TuneResult(
-        quotas=tuned, metric=settings.metric, k=k, budget=budget, step=settings.step,
+        quotas=tuned, gain=gain, kept_prior=kept_prior, params=params,
+        metric=settings.metric, k=k, budget=budget, step=settings.step,
         windows=windows, validation_users=sum(v.users for v in validations),
         validation_targets=sum(v.targets.height for v in validations), scores=scores, equal=equal,
         configured=configured, alone=alone, path=found.path, evaluations=score.evaluations, seconds=time.perf_counter() - started)

@@ -49,22 +49,40 @@ def brute_force_crowd(events: pl.DataFrame, users: pl.DataFrame | None, p: Crowd
         return ",".join(f"{a}={row[a]}" for a in attrs[:level])
 
     rows = list(events.select("user_id", "item_id", "behavior", "ts").iter_rows())
-    start = -np.inf if p.window_days is None else now - p.window_days * 86400
-    window = [r for r in rows if r[3] >= start and r[2] in ("impression", "click")]
-    ctr_mode = p.rank_by == "ctr" or (p.rank_by == "auto" and any(b == "impression" for _, _, b, _ in window))
+    days = p.window_days
+    engaged_ts = sorted(r[3] for r in rows if r[2] in ENGAGED)
+    while days is not None and now - days * 86400 > engaged_ts[0] and \
+            sum(t >= now - days * 86400 for t in engaged_ts) < p.min_support:
+        days *= 2  # a window too thin for min_support is widened
+    start = -np.inf if days is None else now - days * 86400
+    in_window = [r for r in rows if r[3] >= start]
+    ctr_mode = p.rank_by == "ctr" or (p.rank_by == "auto" and any(r[2] == "impression" for r in in_window))
+    if ctr_mode:
+        window = [(u, i, b, 0.0) for u, i, b, _ in in_window if b in ("impression", "click")]
+    else:
+        # One vote per engaged (user, item), decayed by the age of the latest engagement.
+        latest = {}
+        for u, i, b, t in in_window:
+            if b in ENGAGED:
+                latest[u, i] = max(latest.get((u, i), t), t)
+        half = p.half_life_days
+        window = [(u, i, "click", 1.0 if half is None else 0.5 ** ((now - t) / (86400.0 * half)))
+                  for (u, i), t in sorted(latest.items())]
     levels = len(attrs)
     scores, support, clicked = {}, {}, defaultdict(set)
     for level in range(levels + 1):
         cells = defaultdict(lambda: [0, 0])
         parent_of = {}
         crowd_clicks, crowd_users = defaultdict(int), defaultdict(set)
-        for u, i, b, _ in window:
+        votes = defaultdict(float)
+        for u, i, b, vote in window:
             g = key(u, level)
             if g is None:
                 continue
             parent_of[g] = key(u, level - 1) if level else None
             cells[g, i][0] += b == "click"
             cells[g, i][1] += b == "impression"
+            votes[g, i] += vote
             if b == "click":
                 crowd_clicks[g] += 1
                 crowd_users[g].add(u)
@@ -73,9 +91,12 @@ def brute_force_crowd(events: pl.DataFrame, users: pl.DataFrame | None, p: Crowd
             support[g] = (level == 0 or (crowd_clicks[g] >= p.min_support
                                          and len(crowd_users[g]) >= p.min_users), level)
         if not ctr_mode:
+            totals = defaultdict(float)
+            for (g, i), vote in votes.items():
+                totals[g] += vote
             for (g, i), (c, _) in cells.items():
                 if c:
-                    scores[g, i] = c / crowd_clicks[g]
+                    scores[g, i] = votes[g, i] / totals[g]
         elif level == 0:
             items = sorted(i for _, i in cells)
             c = [min(*cells["global", i]) for i in items]
@@ -133,7 +154,18 @@ PARAM_CASES = [
     dict(attributes=["gender", "city", "shoe_size"], min_support=5, min_users=2),
     dict(attributes=[], top_k=6),
     dict(rank_by="volume", min_support=8, min_users=3),
+    dict(rank_by="volume", half_life_days=None, window_days=3, min_support=5, min_users=2),
+    dict(rank_by="volume", half_life_days=0.5, window_days=0.25, min_support=60, min_users=2),  # widened
 ]
+
+
+def test_a_thin_window_is_widened_until_it_holds_min_support():
+    events = random_log(2, n_events=300, n_users=20, n_items=12, days=10)
+    train = TrainData.build(Dataset(events))
+    model = Crowd(CrowdParams(window_days=0.25, min_support=60, rank_by="volume")).fit(train)
+    ts = train.engaged()["ts"]
+    assert model.window_days_ is None or (ts >= train.now - model.window_days_ * 86400).sum() >= 60
+    assert (ts >= train.now - model.window_days_ / 2 * 86400).sum() < 60 if model.window_days_ else True
 
 
 @pytest.mark.parametrize("overrides", PARAM_CASES)

@@ -175,7 +175,7 @@ def test_planted_useless_channel_gets_no_slots():
 def test_tune_end_to_end_writes_a_fragment_that_layers(tmp_path):
     cfg = config(budget=8, reserve=2)
     data = dataset(1)
-    settings = TuneConfig(validation_days=2, step=2, k=5)
+    settings = TuneConfig(validation_windows=1, search_params=False, min_z=0, validation_days=2, step=2, k=5)
     result = tune(cfg, data, settings=settings)
     split = split_data(data, cfg.eval).ts
     assert result.windows == [(split - 2 * 86400, split)]  # the validation window ends where eval's test begins
@@ -198,7 +198,7 @@ def test_tune_never_reads_the_test_window():
     cfg = config(budget=8, reserve=2)
     data = dataset(2)
     split = split_data(data, cfg.eval).ts
-    settings = TuneConfig(validation_days=2, step=2, k=5)
+    settings = TuneConfig(validation_windows=1, search_params=False, min_z=0, validation_days=2, step=2, k=5)
     before = tune(cfg, data, settings=settings)
     # Scramble everything at or after the evaluation split: tuning must not notice.
     events = data.events
@@ -212,12 +212,12 @@ def test_strict_and_fixed_channels_keep_their_caps():
     cfg = config(budget=8, reserve=2, strict="usercf").model_copy()
     cfg = with_quotas(cfg, {"itemcf": 4, "usercf": 1, "crowd": 3})
     data = dataset(1)
-    result = tune(cfg, data, settings=TuneConfig(validation_days=2, step=1, k=5))
+    result = tune(cfg, data, settings=TuneConfig(validation_windows=1, search_params=False, min_z=0, validation_days=2, step=1, k=5))
     assert result.quotas["usercf"] <= 1
-    fixed = tune(cfg, data, settings=TuneConfig(validation_days=2, step=1, k=5, fixed=["crowd"]))
+    fixed = tune(cfg, data, settings=TuneConfig(validation_windows=1, search_params=False, min_z=0, validation_days=2, step=1, k=5, fixed=["crowd"]))
     assert fixed.quotas["crowd"] == 3 and sum(fixed.quotas.values()) == 8
     with pytest.raises(RecallError, match="tune.fixed"):
-        tune(cfg, data, settings=TuneConfig(validation_days=2, fixed=["retarget"]))
+        tune(cfg, data, settings=TuneConfig(validation_days=2, validation_windows=1, fixed=["retarget"]))
 
 
 def test_validation_window_outside_the_log_is_a_clear_error():
@@ -259,7 +259,7 @@ def test_validation_windows_default_to_the_test_window_length_and_stack_back():
     cfg = config()
     data = dataset(1)
     split = split_data(data, cfg.eval).ts
-    assert validation_windows(cfg, data, TuneConfig()) == [(split - 86400, split)]
+    assert validation_windows(cfg, data, TuneConfig(validation_windows=1)) == [(split - 86400, split)]
     three = validation_windows(cfg, data, TuneConfig(validation_days=2, validation_windows=3))
     assert three == [(split - 2 * 86400, split), (split - 4 * 86400, split - 2 * 86400),
                      (split - 6 * 86400, split - 4 * 86400)]
@@ -303,12 +303,64 @@ def test_quota_merger_breaks_exact_position_ties_like_the_merge():
 
 
 def test_tune_reads_the_tune_section_of_the_config():
-    class WithTune(Config):  # Config as recall/config.py declares it once [tune] is wired in
-        tune: TuneConfig = TuneConfig()
-
     base = config(budget=8, reserve=2).model_dump(exclude_none=True)
-    cfg = WithTune.model_validate({**base, "tune": {"validation_days": 2, "step": 4, "k": 5}})
+    cfg = Config.model_validate({**base, "tune": {"validation_days": 2, "validation_windows": 1, "step": 4, "k": 5,
+                                                  "search_params": False}})
     data = dataset(1)
     split = split_data(data, cfg.eval).ts
     result = tune(cfg, data)
     assert result.windows == [(split - 2 * 86400, split)] and result.step == 4 and result.k == 5
+
+
+def test_quotas_stay_at_the_prior_when_the_gain_is_within_noise():
+    cfg = config(budget=8, reserve=2)
+    data = dataset(1)
+    searched = tune(cfg, data, settings=TuneConfig(validation_windows=1, search_params=False, min_z=0,
+                                                   validation_days=2, step=2, k=5))
+    strict = tune(cfg, data, settings=TuneConfig(validation_windows=1, search_params=False, min_z=1e9,
+                                                 validation_days=2, step=2, k=5))
+    configured = {n: q for n, q in cfg.quotas().items() if n in CHANNELS3}
+    assert strict.kept_prior and strict.quotas == configured
+    assert searched.gain == strict.gain  # the same search, only the decision differs
+    assert searched.kept_prior == (searched.gain["delta"] <= 0)
+    assert searched.gain["users"] == searched.validation_users
+    assert "configured quotas are kept" in strict.to_toml()
+    # The reported gain is the paired difference of the two merges on the validation users.
+    (t1, t2), = searched.windows
+    v = validation_split(cfg, data, t1, t2)
+    v.candidates = {n: o.candidates for n, o in fit_channels(cfg, v.train, CHANNELS3).items()}
+    tuned = QuotaMerger(cfg, v.candidates, v.train)
+    per_user = {}
+    for quotas, sign in ((searched.quotas if not searched.kept_prior else configured, 1), (configured, -1)):
+        hits = tuned(quotas).filter(pl.col("rank") <= 5).join(v.targets, on=["user_id", "item_id"], how="semi")
+        for user, n in hits.group_by("user_id").len().iter_rows():
+            per_user[user] = per_user.get(user, 0) + sign * n
+    sizes = dict(v.targets.group_by("user_id").len().iter_rows())
+    if not searched.kept_prior:
+        expected = sum(per_user.get(u, 0) / n for u, n in sizes.items()) / len(sizes)
+        assert searched.gain["delta"] == pytest.approx(expected)
+
+
+def test_parameter_search_picks_the_best_crowd_variant_on_validation():
+    cfg = config(budget=8, reserve=2)
+    data = dataset(1)
+    result = tune(cfg, data, settings=TuneConfig(validation_windows=1, validation_days=2, step=2, k=5, min_z=0))
+    chosen = result.params["crowd"]
+    # Oracle: score every variant alone on the same validation split, by brute force.
+    from recall.channels.crowd import Crowd
+    from recall.evaluate import metrics
+    from recall.tune import crowd_variants
+
+    (t1, t2), = result.windows
+    v = validation_split(cfg, data, t1, t2)
+    values = []
+    for variant in crowd_variants(cfg.channels["crowd"]):
+        try:
+            model = Crowd(cfg.channels["crowd"].model_copy(update=variant)).fit(v.train)
+        except RecallError:
+            continue
+        values.append((metrics(model.recommend(v.train, 5), v.targets, [5], 1)[5]["recall"], variant))
+    best = max(value for value, _ in values)
+    assert [value for value, variant in values if variant == chosen][0] == pytest.approx(best)
+    text = result.to_toml()
+    assert tomllib.loads(text)["channels"]["crowd"]["rank_by"] == chosen["rank_by"]

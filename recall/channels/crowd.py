@@ -14,8 +14,16 @@ Per crowd g and item j, over the events of g's users in the last ``window_days``
   crowd is smoothed towards its parent crowd's rate for the same item with strength
   ``k = prior_strength``: ``ctr_gj = (c_gj + k ctr_parent(g),j) / (n_gj + k)``, so a small
   crowd's list leans on its parent's instead of on a few lucky clicks;
-- without impressions (or with ``rank_by = "volume"``), the **click share**
-  ``c_gj / sum_j c_gj`` (click volume).
+- without impressions (or with ``rank_by = "volume"``), the **engagement share**
+  ``e_gj / sum_j e_gj``: ``e_gj`` counts g's distinct users who engaged with j (click or
+  deeper), each weighted by the recency decay ``0.5 ** (age / half_life_days)`` of
+  their latest engagement with it. Distinct users, not events: a user who clicks one
+  item twenty times is one vote. The decay blends all-time popularity (a long
+  half-life) with what is hot now (a short one).
+
+A window too short to hold ``min_support`` engagements over all users is widened
+(doubled, up to all history): a sparse log still gets a hot list deep enough to
+fill every user's budget.
 
 A crowd's list is its top ``top_k`` items by that score among the items its users
 clicked. A crowd has *support* when its window holds at least ``min_support`` clicks by
@@ -51,7 +59,7 @@ from pydantic import Field, field_validator
 
 from recall import schema as S
 from recall.interface import Channel, ChannelParams, Span, empty_candidates
-from recall.context import IIDX, UIDX, TrainData
+from recall.context import ENGAGED, IIDX, UIDX, TrainData
 from recall.ctr import PriorMethod, fit_beta_prior, shrink
 from recall.errors import RecallError
 from recall.sparse import chunk_rows, row_blocks
@@ -69,8 +77,11 @@ class CrowdParams(ChannelParams):
     attributes: list[str] = Field(default_factory=lambda: ["gender", "age_band", "city"],
                                   description="users-table columns defining crowds, coarse to fine "
                                               "(missing ones skipped; [] = global list only)")
-    window_days: Span = Field(7.0, gt=0, description="hot lists from the last N days (inf: all)")
-    top_k: int = Field(200, ge=1, description="items per crowd list")
+    window_days: Span = Field(None, gt=0, description="hot lists from the last N days (inf: all); "
+                                                      "widened while the whole window has < min_support")
+    half_life_days: Span = Field(14.0, gt=0, description="volume mode: recency decay of each user's vote "
+                                                         "(inf: all-time popularity)")
+    top_k: int = Field(1000, ge=1, description="items per crowd list (enough to fill budget + reserve)")
     rank_by: Literal["auto", "ctr", "volume"] = Field(
         "auto", description="smoothed CTR or click share; auto: CTR when the window has impressions")
     min_support: int = Field(50, ge=0, description="clicks a crowd needs in the window to get its own list")
@@ -126,21 +137,20 @@ class Crowd(Channel):
         levels = range(len(self.attributes_) + 1)
         ids = [f"_crowd{level}" for level in levels]
         users, names = self._crowd_ids(data, ids)
+        self.window_days_ = self._window(data)
         events = data.events
-        if p.window_days is not None:
-            events = events.filter(pl.col(S.TS) >= data.now - p.window_days * 86400)
-        # Events carry small integer crowd ids, never the key strings (one per event and level).
-        events = (events.filter(pl.col(S.BEHAVIOR).is_in(["impression", "click"]))
-                  .select(UIDX, IIDX, is_click=pl.col(S.BEHAVIOR) == "click")
-                  .join(users.select(UIDX, *ids), on=UIDX, how="left"))
-        window = "all" if p.window_days is None else f"the last {p.window_days:g}"
-        has_impressions = bool((~events["is_click"]).any())
+        if self.window_days_ is not None:
+            events = events.filter(pl.col(S.TS) >= data.now - self.window_days_ * 86400)
+        window = "all" if self.window_days_ is None else f"the last {self.window_days_:g}"
+        has_impressions = bool((events[S.BEHAVIOR] == "impression").any())
         if p.rank_by == "ctr" and not has_impressions:
             raise RecallError(f"channels.{self.name}.rank_by = 'ctr' needs impression events in {window} days "
                               "and there are none; use rank_by = 'auto' or 'volume'")
         self.mode_ = p.rank_by if p.rank_by != "auto" else ("ctr" if has_impressions else "volume")
         if self.mode_ == "volume" and p.rank_by == "auto":
-            log.info("%s: no impressions in %s days; crowd lists rank by click volume", self.name, window)
+            log.info("%s: no impressions in %s days; crowd lists rank by engaged users", self.name, window)
+        # Events carry small integer crowd ids, never the key strings (one per event and level).
+        events = self._votes(events, data.now).join(users.select(UIDX, *ids), on=UIDX, how="left")
         if not bool(events["is_click"].any()):
             log.warning("%s: no clicks in %s days, so every hot list is empty; widen channels.%s.window_days",
                         self.name, window, self.name)
@@ -158,7 +168,8 @@ class Crowd(Channel):
             group = [crowd, ids[level - 1]] if level else [crowd]
             counts = (scoped.group_by(*group, IIDX)
                       .agg(clicks=pl.col("is_click").sum().cast(pl.Float64),
-                           impressions=(~pl.col("is_click")).sum().cast(pl.Float64))
+                           impressions=(~pl.col("is_click")).sum().cast(pl.Float64),
+                           votes=pl.col("vote").sum())
                       .rename({crowd: CROWD_ID, **({ids[level - 1]: "parent"} if level else {})})
                       .sort(CROWD_ID, IIDX))
             counts = self._score(counts, parent, level)
@@ -183,6 +194,36 @@ class Crowd(Channel):
                                    "score", S.RANK)
         self._assign_users(users, ids)
         return self
+
+    def _window(self, data: TrainData) -> float | None:
+        """``window_days``, doubled while the whole window holds fewer than ``min_support`` engagements."""
+        days = self.params.window_days
+        if days is None:
+            return None
+        ts = data.engaged()[S.TS].sort().to_numpy()
+        first = int(ts[0]) if ts.size else data.now
+        while data.now - days * 86400 > first and \
+                ts.size - np.searchsorted(ts, data.now - days * 86400) < self.params.min_support:
+            days *= 2
+        if days != self.params.window_days:
+            log.info("%s: the last %g days hold fewer than %d engagements; hot lists use %g days",
+                     self.name, self.params.window_days, self.params.min_support, days)
+        return None if data.now - days * 86400 <= first else days
+
+    def _votes(self, events: pl.DataFrame, now: int) -> pl.DataFrame:
+        """``user_idx, item_idx, is_click, vote``: the rows the crowd scores count.
+
+        CTR mode: impression and click events (``vote`` unused). Volume mode: one row
+        per engaged (user, item), ``is_click`` true, ``vote`` its latest engagement's decay.
+        """
+        if self.mode_ == "ctr":
+            return (events.filter(pl.col(S.BEHAVIOR).is_in(["impression", "click"]))
+                    .select(UIDX, IIDX, is_click=pl.col(S.BEHAVIOR) == "click", vote=pl.lit(0.0)))
+        half_life = self.params.half_life_days
+        latest = (events.filter(pl.col(S.BEHAVIOR).is_in(ENGAGED))
+                  .group_by(UIDX, IIDX).agg(pl.col(S.TS).max()))
+        vote = pl.lit(1.0) if half_life is None else 0.5 ** ((now - pl.col(S.TS)) / (86400.0 * half_life))
+        return latest.sort(UIDX, IIDX).select(UIDX, IIDX, is_click=pl.lit(True), vote=vote)
 
     def _crowd_ids(self, data: TrainData, ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Per user and level the crowd id (null: a missing attribute), and ``crowd_id, crowd, level``."""
@@ -237,7 +278,7 @@ class Crowd(Channel):
         """Add ``score`` to one level's (crowd, item) counts: smoothed CTR or click share."""
         p = self.params
         if self.mode_ == "volume":
-            return counts.with_columns(score=pl.col("clicks") / pl.col("clicks").sum().over(CROWD_ID))
+            return counts.with_columns(score=pl.col("votes") / pl.col("votes").sum().over(CROWD_ID))
         clicks = np.minimum(counts["clicks"].to_numpy(), counts["impressions"].to_numpy())
         shown = counts["impressions"].to_numpy()
         if level == 0:
