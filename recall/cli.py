@@ -270,11 +270,12 @@ def data_import(
 
 @command(data_app, "check")
 def data_check(directory: Annotated[Path, typer.Argument(help="data folder with events (+ items, users)")]):
-    """Validate a data folder and print a summary; bad input exits with code 1.
+    """Validate a data folder and print a summary and its profile; bad input exits with code 1.
 
     Example: recall data check data/sample
     """
     from recall.io import check_id_types, load_dataset, summarise
+    from recall.profile import profile
 
     dataset = load_dataset(directory)
     check_id_types(dataset)
@@ -283,7 +284,28 @@ def data_check(directory: Annotated[Path, typer.Argument(help="data folder with 
     for key, value in summary.items():
         table.add_row(key, str(value))
     say(table)
+    shape = Table(title="profile (what `recall init` chooses from)", show_header=False)
+    for key, value in profile(dataset).rows():
+        shape.add_row(key, value)
+    say(shape)
     say("[green]ok[/]")
+
+
+@command(app, "init")
+def init(directory: Annotated[Path, typer.Argument(help="data folder with events (+ items, users)")],
+         out_path: Annotated[Path, typer.Option("--out", help="where to write the config")] = Path("config.toml")):
+    """Write a starting config fitted to a data folder, one comment per choice.
+
+    Example: recall init data/imported/ml-100k --out ml.toml; then recall tune -c ml.toml --out tuned.toml
+    """
+    from recall.io import check_id_types, load_dataset
+    from recall.profile import profile, starting_config
+
+    dataset = load_dataset(directory)
+    check_id_types(dataset)
+    out_path.write_text(starting_config(profile(dataset), str(directory)))
+    say(f"config written to [bold]{out_path}[/]; next: recall tune -c {out_path} --out tuned.toml, "
+        f"then recall eval -c {out_path} -c tuned.toml")
 
 
 @command(app, "channels")
