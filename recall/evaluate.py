@@ -170,8 +170,12 @@ def _rows(name: str, kind: str, segment: str, values: dict, seconds: float) -> l
             for k, v in values.items()]
 
 
-def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
+def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
+             other_quotas: dict[str, dict[str, int]] | None = None) -> dict:
     """Fit every enabled channel on the training window; score it, the merges, the baselines; analyse.
+
+    ``other_quotas`` adds named merges under other quota vectors (e.g. the quotas
+    before tuning), scored on the same candidates.
 
     Returns a JSON-ready dict: split facts, ``results`` (segments ``all`` and
     ``warm``), ``segment_results`` (cold / light / heavy users, new / repeat
@@ -233,6 +237,10 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress) -> dict:
             started = time.perf_counter()
             merged_equal = merge_with_quotas(cfg, candidates, train, equal)
             record("merged_equal", "merged", merged_equal, time.perf_counter() - started)
+        for label, other in (other_quotas or {}).items():
+            started = time.perf_counter()
+            record(label, "merged", merge_with_quotas(cfg, candidates, train, {n: other.get(n, 0) for n in names}),
+                   time.perf_counter() - started)
         slots = {"merged": _slots(merged, names, users.len()), "merged_equal": _slots(merged_equal, names,
                                                                                         users.len())}
     for name, baseline in baselines(cfg).items():
