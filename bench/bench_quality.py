@@ -79,8 +79,11 @@ def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
     for channel, params in tuned.params.items():
         settled[channel] = settled[channel].model_copy(update=params)
     final = with_quotas(cfg.model_copy(update={"channels": settled}), tuned.quotas)
+    used = {s: f["quotas"] for s, f in tuned.segments.items() if not f["kept_prior"]}
+    final = final.model_copy(update={"merge": final.merge.model_copy(update={"segment_quotas": used})})
     started = time.perf_counter()
-    report = evaluate(final, data, other_quotas={"merged_init": tuned.configured})
+    # merged: tuned quotas (per segment where tune kept them); merged_tuned: one set for everybody.
+    report = evaluate(final, data, other_quotas={"merged_init": tuned.configured, "merged_tuned": tuned.quotas})
     return {"dataset": name, "protocol": protocol, "channels": channels, "tune": tuned.to_dict(),
             "tune_seconds": round(tune_seconds, 1), "eval_seconds": round(time.perf_counter() - started, 1),
             "test_users": report["test_users"], "cold_users": report["test_users_without_history"],
@@ -97,7 +100,10 @@ def markdown(runs: list[dict]) -> str:
                   f"history), {run['targets']} targets; tune {run['tune_seconds']} s, eval {run['eval_seconds']} s; "
                   f"tuned quotas {_quotas(run['tune'])}"
                   + (" (gain within noise: init quotas kept)" if run["tune"]["kept_prior"] else "")
-                  + f"; hot list {run['tune']['params'].get('crowd', {})}.", ""]
+                  + f"; hot list {run['tune']['params'].get('crowd', {})}"
+                  + "".join(f"; {seg} users' own quotas {_quotas(found)}"
+                            + (" (within noise: not used)" if found["kept_prior"] else "")
+                            for seg, found in run["tune"]["segments"].items()) + ".", ""]
         for segment in ("all", "warm"):
             h = head.get(segment, {}).get("200")
             if h:

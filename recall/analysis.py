@@ -96,6 +96,9 @@ class TuneConfig(_Section):
                                                    "configured quota: its volume is capped on purpose")
     min_z: float = Field(2.0, ge=0, description="keep the configured quotas unless the searched ones gain more "
                                                 "than this many standard errors (paired over validation users)")
+    segment_quotas: bool = Field(True, description="also search quotas of their own for light and heavy users "
+                                                   "(merge.segment_quotas), kept where they gain beyond noise")
+    min_segment_users: int = Field(50, ge=1, description="validation users a segment needs for its own quotas")
     search_params: bool = Field(True, description="also choose the crowd hot list's depth, ranking and "
                                                   "half-life on validation (recall/tune.py)")
 

@@ -448,6 +448,15 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None,
     table.add_row(f"[bold]merged {label}[/]", f"{result.scores['tuned']:.4f}", f"{result.scores['equal']:.4f}",
                   f"{result.scores['configured']:.4f}", "", end_section=True)
     out.print(table)
+    gain = result.gain
+    out.print(f"searched - configured {label}: {gain['delta']:+.4f} ± {gain['stderr']:.4f} (s.e.): "
+              + ("within noise, configured quotas kept" if result.kept_prior else "searched quotas used"))
+    for name, params in result.params.items():
+        out.print(f"{name} settings chosen on validation: {params}")
+    for segment, found in result.segments.items():
+        out.print(f"{segment} users ({found['users']}): own quotas {found['quotas']} "
+                  f"{found['gain']['delta']:+.4f} ± {found['gain']['stderr']:.4f}: "
+                  + ("within noise, not used" if found["kept_prior"] else "used"))
     written = result.write(out_path)
     out.print(f"tuned quotas written to [bold]{written}[/]; layer them: recall eval -c <base.toml> -c {written}")
 

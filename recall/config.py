@@ -86,10 +86,29 @@ class TriggerConfig(Strict):
         return {b: float(value.get(b, 0.0)) for b in S.BEHAVIORS}
 
 
+USER_SEGMENTS = ("cold", "light", "heavy")
+
+
 class MergeConfig(Strict):
     """Blending channels: see :mod:`recall.merge`."""
 
     backfill: bool = Field(True, description="give slots a channel cannot fill to the others")
+    light_max_items: int = Field(10, ge=1, description="segment quotas: users with 1..N distinct engaged items "
+                                                       "are light, more are heavy, none cold")
+    segment_quotas: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="slots per channel for a user segment (cold, light, heavy), e.g. "
+                                          "[merge.segment_quotas.heavy] itemcf = 60; a segment not listed uses "
+                                          "the channels' quotas (written by `recall tune`)")
+
+    @field_validator("segment_quotas")
+    @classmethod
+    def _segments(cls, value: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+        unknown = sorted(set(value) - set(USER_SEGMENTS))
+        if unknown:
+            raise ValueError(f"unknown segment(s) {unknown}; segments are {', '.join(USER_SEGMENTS)}")
+        if any(q < 0 for quotas in value.values() for q in quotas.values()):
+            raise ValueError("segment quotas must be >= 0")
+        return value
 
 
 class EvalConfig(Strict):
@@ -160,8 +179,15 @@ class Config(Strict):
         """Names of enabled channels, in config order."""
         return [name for name, params in self.channels.items() if params.enabled]
 
-    def quotas(self) -> dict[str, int]:
-        """Per-channel slot counts for the merge, resolving shares against the budget."""
+    def quotas(self, segment: str | None = None) -> dict[str, int]:
+        """Per-channel slot counts for the merge, resolving shares against the budget.
+
+        With ``segment``, that segment's ``merge.segment_quotas`` where given (a channel it
+        does not name gets 0 slots there), else the channels' quotas.
+        """
+        if segment is not None and segment in self.merge.segment_quotas:
+            chosen = self.merge.segment_quotas[segment]
+            return {name: int(chosen.get(name, 0)) for name in self.enabled_channels()}
         budget = self.candidates_per_user
         out = {}
         for name in self.enabled_channels():

@@ -105,11 +105,13 @@ def metrics(candidates: pl.DataFrame, targets: pl.DataFrame, ks: list[int], n_it
 
 
 def with_quotas(cfg: Config, quotas: dict[str, int]) -> Config:
-    """A copy of the config whose channels have these slot counts (replacing any ``share``)."""
+    """A copy of the config whose channels have these slot counts (replacing any ``share``) for every user
+    (segment quotas dropped)."""
     channels = dict(cfg.channels)
     for name, quota in quotas.items():
         channels[name] = channels[name].model_copy(update={"quota": int(quota), "share": None})
-    return cfg.model_copy(update={"channels": channels})
+    return cfg.model_copy(update={"channels": channels,
+                                  "merge": cfg.merge.model_copy(update={"segment_quotas": {}})})
 
 
 def merge_with_quotas(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData,

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recall import schema as S
@@ -126,14 +127,41 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
     candidates each filter removed. ``blocks`` are the purchase blocks if already
     computed (:func:`recall.filters.purchase_blocks`, shared by user shards).
     """
-    quotas = cfg.quotas()
     strict = {name for name in candidates if cfg.channels[name].strict}
     budget = cfg.candidates_per_user
-    merged = merge_channels(candidates, {n: quotas[n] for n in candidates}, budget + cfg.filters.reserve,
-                            strict=strict, backfill=cfg.merge.backfill)
+    parts = []
+    for segment, users in segment_users(cfg, candidates, train):
+        quotas = cfg.quotas(segment)
+        chosen = candidates if users is None else {n: f.join(users, on=S.USER, how="semi")
+                                                   for n, f in candidates.items()}
+        parts.append(merge_channels(chosen, {n: quotas[n] for n in candidates}, budget + cfg.filters.reserve,
+                                    strict=strict, backfill=cfg.merge.backfill))
+    merged = parts[0] if len(parts) == 1 else pl.concat(parts).sort(S.USER, S.RANK)
     fault_point("merge")
     filtered, removed = apply_filters(merged, train, cfg.filters, budget, blocks)
     return filtered, merged.filter(pl.col(S.RANK) <= budget), removed
+
+
+def segment_users(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData
+                  ) -> list[tuple[str | None, pl.DataFrame | None]]:
+    """The candidates' users split by segment when ``merge.segment_quotas`` is set, else one part (None).
+
+    A user's segment is their number of distinct engaged items in training: none is
+    cold, up to ``merge.light_max_items`` light, more heavy.
+    """
+    if not cfg.merge.segment_quotas:
+        return [(None, None)]
+    users = user_segments(train, pl.concat([f.select(S.USER) for f in candidates.values()]).unique(),
+                          cfg.merge.light_max_items)
+    return [(name, users.filter(pl.col("segment") == name).select(S.USER)) for name in ("cold", "light", "heavy")]
+
+
+def user_segments(train: TrainData, users: pl.DataFrame, light_max_items: int) -> pl.DataFrame:
+    """``user_id, segment``: cold (no engaged item in training), light (up to ``light_max_items``), heavy."""
+    idx = train.user_index(users[S.USER])
+    history = np.where(idx >= 0, np.diff(train.interactions.indptr)[np.maximum(idx, 0)], 0)
+    segment = np.where(history == 0, "cold", np.where(history <= light_max_items, "light", "heavy"))
+    return users.select(S.USER).with_columns(pl.Series("segment", segment, dtype=pl.String))
 
 
 def fingerprint(path: Path) -> dict:

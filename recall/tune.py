@@ -361,9 +361,11 @@ class TuneResult:
     gain: dict[str, float]  # searched minus configured quotas, recall@K: delta, stderr, users (paired)
     kept_prior: bool  # the gain was within min_z standard errors: the configured quotas were kept
     params: dict[str, dict]  # channel parameters chosen on validation ({} without the search)
+    segments: dict[str, dict]  # per user segment: quotas, gain over the global quotas, users, kept
     metric: str
     k: int
     budget: int
+    light_max_items: int
     step: int
     windows: list[tuple[int, int]]  # validation windows [T1, T2), latest first
     validation_users: int
@@ -405,6 +407,10 @@ class TuneResult:
             f"# {self.evaluations} merges evaluated in {self.seconds:.1f} s.",
             "# Use it over the base config: recall eval -c <base.toml> -c <this file>",
         ]
+        for segment, found in self.segments.items():
+            lines.append(f"# {segment} users ({found['users']}): own quotas {found['gain']['delta']:+.4f} "
+                         f"± {found['gain']['stderr']:.4f} over the global ones: "
+                         + ("kept" if not found["kept_prior"] else "within noise, global quotas used"))
         for name, quota in self.quotas.items():
             lines += ["", f"[channels.{name}]", f"quota = {quota}"]
             chosen = self.params.get(name, {})
@@ -412,6 +418,12 @@ class TuneResult:
                 lines.append("# chosen on validation from " + ", ".join(
                     f"{key} in {values}" for key, values in SEARCH_SPACE_TEXT.get(name, {}).items()))
             lines += [f"{key} = {_toml_value(value)}" for key, value in chosen.items()]
+        used = {segment: found for segment, found in self.segments.items() if not found["kept_prior"]}
+        if used:
+            lines += ["", "[merge]", f"light_max_items = {self.light_max_items}"]
+        for segment, found in used.items():
+            lines += ["", f"[merge.segment_quotas.{segment}]",
+                      *(f"{n} = {q}" for n, q in found["quotas"].items())]
         return "\n".join(lines) + "\n"
 
     def write(self, path: str | Path) -> Path:
@@ -484,6 +496,43 @@ def search_channel_params(cfg: Config, validations: Sequence[Validation], metric
     return cfg, chosen
 
 
+def restricted(validation: Validation, users: pl.DataFrame) -> Validation:
+    """The validation split on a subset of its users (targets and candidates)."""
+    return Validation(validation.train, validation.targets.join(users, on=S.USER, how="semi"), validation.t1,
+                      validation.t2, {n: f.join(users, on=S.USER, how="semi")
+                                      for n, f in validation.candidates.items()})
+
+
+def segment_search(cfg: Config, validations: Sequence[Validation], settings: TuneConfig, tuned: Quotas,
+                   free: list[str], fixed: Quotas, caps: dict[str, int], k: int) -> dict[str, dict]:
+    """Quotas of their own for light and heavy users, kept only where they beat ``tuned`` beyond noise.
+
+    Cold users are left out: only the hot lists serve them, whatever the quotas.
+    """
+    from recall.pipeline import user_segments
+
+    budget = cfg.candidates_per_user
+    found: dict[str, dict] = {}
+    for segment in ("light", "heavy"):
+        parts = []
+        for v in validations:
+            users = user_segments(v.train, v.targets.select(S.USER).unique(), cfg.merge.light_max_items)
+            part = restricted(v, users.filter(pl.col("segment") == segment).select(S.USER))
+            if part.targets.height:
+                parts.append(part)
+        if sum(p.users for p in parts) < settings.min_segment_users:
+            continue
+        score = quota_scorer(cfg, parts, settings.metric, k)
+        search = greedy_allocate(lambda q: score({**q, **fixed}), free, budget - sum(fixed.values()),
+                                 settings.step, min_quota=settings.min_quota, max_quota=caps,
+                                 refine=settings.refine)
+        quotas = {n: fixed.get(n, search.quotas.get(n, 0)) for n in tuned}
+        gain = paired_gain(cfg, parts, quotas, tuned, k)
+        found[segment] = {"quotas": quotas, "gain": gain, "users": sum(p.users for p in parts),
+                          "kept_prior": gain["delta"] <= settings.min_z * gain["stderr"]}
+    return found
+
+
 def paired_gain(cfg: Config, validations: Sequence[Validation], tuned: Quotas, prior: Quotas, k: int) -> dict:
     """Recall@K of the merge under ``tuned`` minus under ``prior``, paired per validation user, pooled."""
     from recall.analysis import paired_difference
@@ -553,9 +602,13 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
         kept_prior = gain["delta"] <= settings.min_z * gain["stderr"]
         if kept_prior:
             tuned = dict(configured)  # the search found no gain beyond noise: the prior stands
+    segments: dict[str, dict] = {}
+    if settings.segment_quotas:
+        with step("per-segment quota search"):
+            segments = segment_search(cfg, validations, settings, tuned, free, fixed, caps, k)
     return TuneResult(
-        quotas=tuned, gain=gain, kept_prior=kept_prior, params=params,
-        metric=settings.metric, k=k, budget=budget, step=settings.step,
+        quotas=tuned, gain=gain, kept_prior=kept_prior, params=params, segments=segments,
+        metric=settings.metric, k=k, budget=budget, step=settings.step, light_max_items=cfg.merge.light_max_items,
         windows=windows, validation_users=sum(v.users for v in validations),
         validation_targets=sum(v.targets.height for v in validations), scores=scores, equal=equal,
         configured=configured, alone=alone, path=found.path, evaluations=score.evaluations, seconds=time.perf_counter() - started)

@@ -247,6 +247,9 @@ def run_spark(cfg, step=None, *, master: str | None = None, conf: dict[str, str]
     names = cfg.enabled_channels()
     if not names:
         raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
+    if cfg.merge.segment_quotas:
+        raise RecallError("merge.segment_quotas is not supported by --engine spark yet: remove the "
+                          "[merge.segment_quotas] tables from the config, or run the local engine")
     local_names = [name for name in names if name not in SPARK_CHANNELS]
     if local_names and not local_fallback:
         raise RecallError(f"channel(s) {', '.join(local_names)} have no Spark implementation (Spark runs "
