@@ -3,8 +3,9 @@
 Per dataset and protocol: the starting config that `recall init` writes for the data
 (recall/profile.py), quotas and hot-list settings chosen by `recall tune` on validation
 windows before the split, then the evaluation on the test users: every channel, the
-merge under the init quotas (``merged_init``), under the tuned quotas (``merged``),
-under equal quotas, and every baseline (each topped up with popularity, as served).
+merge under the init quotas (``merged_init``), under the tuned quotas for everybody
+(``merged_tuned``), with per-segment quotas where tune kept them (``merged``), under equal
+quotas, and every baseline (each topped up with popularity, as served).
 Nothing after the split reaches a channel or a baseline (recall/split.py).
 
 Datasets: ml-100k and the Taobao 84k log from ../shared/data (imported into
