@@ -89,7 +89,8 @@ def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
             "tune_seconds": round(tune_seconds, 1), "eval_seconds": round(time.perf_counter() - started, 1),
             "test_users": report["test_users"], "cold_users": report["test_users_without_history"],
             "targets": report["targets"], "warm_users": report["segment_users"].get("warm", 0),
-            "results": [r for r in report["results"] if r["k"] in KS], "headline": report["headline"]}
+            "results": [r for r in report["results"] if r["k"] in KS], "headline": report["headline"],
+            "budget_filled": report["budget_filled"]}
 
 
 def markdown(runs: list[dict]) -> str:
@@ -98,7 +99,9 @@ def markdown(runs: list[dict]) -> str:
         head = run["headline"]
         lines += ["", f"**{run['dataset']}, {run['protocol']} protocol** ({run['channels']} channels): "
                   f"{run['test_users']} test users ({run['warm_users']} warm, {run['cold_users']} without "
-                  f"history), {run['targets']} targets; tune {run['tune_seconds']} s, eval {run['eval_seconds']} s; "
+                  f"history), {run['targets']} targets; merged lists hold {run['budget_filled']['mean_length']:.0f} "
+                  f"candidates per user on average ({run['budget_filled']['full_share']:.0%} of users get the full "
+                  f"budget); tune {run['tune_seconds']} s, eval {run['eval_seconds']} s; "
                   f"tuned quotas {_quotas(run['tune'])}"
                   + (" (gain within noise: init quotas kept)" if run["tune"]["kept_prior"] else "")
                   + f"; hot list {run['tune']['params'].get('crowd', {})}"

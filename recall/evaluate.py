@@ -279,9 +279,19 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
         "segment_results": segment_rows,
         "analysis": analysis,
         "headline": headline(scored, rows, segments, ks),
+        "budget_filled": budget_filled(scored.get("merged"), users, cfg.candidates_per_user),
         "curves": {name: A.recall_curve(frame, targets, max(ks)).round(6).tolist()
                    for name, frame in scored.items()},
     }
+
+
+def budget_filled(merged: pl.DataFrame | None, users: pl.Series, budget: int) -> dict:
+    """Mean merged list length over the test users and the share of them given the full budget."""
+    if merged is None:
+        return {}
+    lengths = (pl.DataFrame({S.USER: users}).join(merged.group_by(S.USER).len(), on=S.USER, how="left")
+               ["len"].fill_null(0))
+    return {"mean_length": float(lengths.mean()), "full_share": float((lengths >= budget).mean())}
 
 
 def _slots(merged: pl.DataFrame, names: list[str], n_users: int) -> dict[str, float]:

@@ -117,11 +117,19 @@ def test_als_recommends_within_the_planted_community_and_never_a_liked_item():
 
 def small_config(**extra) -> Config:
     return Config.model_validate({
-        "candidates_per_user": 8,
+        "candidates_per_user": extra.pop("candidates_per_user", 8),
         "channels": {"itemcf": {"quota": 4}, "usercf": {"quota": 3},
                      "crowd": {"quota": 1, "min_support": 1, "min_users": 1, "attributes": ["gender"]}},
         "filters": {"reserve": 2},
         "eval": {"test_days": 2.0, "ks": [2, 5, 8]}, **extra})
+
+
+def test_every_user_gets_the_full_budget_when_the_catalogue_allows():
+    events = random_log(8, n_events=1500, n_users=40, n_items=300, days=10)
+    cfg = small_config(candidates_per_user=20)
+    report = evaluate(cfg, Dataset(events, None, pl.DataFrame({"user_id": np.arange(45),
+                                                                "gender": ["F", "M"] * 22 + ["F"]})))
+    assert report["budget_filled"] == {"mean_length": 20.0, "full_share": 1.0}
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +152,9 @@ def test_report_has_every_part(small_report):
         pop = next(r for r in report["results"] if r["name"] == "popularity" and r["segment"] == "all"
                    and r["k"] == 8)
         assert row["hit_rate"] > 0 and row["coverage"] > 0 and pop["recall"] > 0
+    # Every test user gets the full budget or every catalogue item they have not engaged with yet:
+    # the hot list backs every list up. (This tiny log's users have engaged with most of its 30 items.)
+    assert 0 < report["budget_filled"]["mean_length"] <= 8.0
     head = report["headline"]["all"]["8"]
     assert head["best_baseline"] in names and head["ratio"] == pytest.approx(head["merged"] / head["baseline"])
     assert report["quotas"] == {"configured": {"itemcf": 4, "usercf": 3, "crowd": 1},
