@@ -30,77 +30,18 @@ tuning (:class:`TuneConfig`) live here and ``recall/config.py`` can import them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recall import schema as S
+from recall.config import SegmentsConfig
 
 CHANNEL = "channel"
 OTHER = "other"
 SEGMENT = "segment"
 USER_SEGMENTS = ("cold", "light", "heavy")
 ITEM_SEGMENTS = ("new_items", "repeat_items")
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SegmentsConfig(_Section):
-    """Thresholds of the user segments of the evaluation (``[eval.segments]``)."""
-
-    cold_max_items: int = Field(0, ge=0, description="users with at most this many distinct engaged items "
-                                                     "in training are cold (0: only users without history)")
-    light_max_items: int = Field(10, ge=0, description="users with more than cold_max_items and at most this "
-                                                       "many items are light; more is heavy")
-
-    @model_validator(mode="after")
-    def _ordered(self):
-        if self.light_max_items < self.cold_max_items:
-            raise ValueError(f"light_max_items ({self.light_max_items}) must be at least cold_max_items "
-                             f"({self.cold_max_items})")
-        return self
-
-
-class ALSConfig(_Section):
-    """implicit's AlternatingLeastSquares baseline (``[eval.als]``), seeded with the run's seed."""
-
-    enabled: bool = Field(True, description="run the ALS baseline in `recall eval`")
-    factors: int = Field(64, ge=1, description="latent factors")
-    iterations: int = Field(15, ge=1, description="ALS sweeps")
-    regularization: float = Field(0.05, ge=0, description="L2 penalty on the factors")
-    alpha: float = Field(1.0, gt=0, description="weight of the positive examples (implicit's confidence alpha)")
-
-
-class TuneConfig(_Section):
-    """How `recall tune` chooses per-channel quotas (``[tune]``); see :mod:`recall.tune`."""
-
-    validation_days: float | None = Field(None, gt=0, description="length of each validation window [T1, T2); "
-                                                                 "the last ends where the evaluation's test "
-                                                                 "window starts; default: eval.test_days")
-    validation_windows: int = Field(2, ge=1, description="consecutive validation windows, latest first, "
-                                                         "pooled (each with channels trained before it): "
-                                                         "more windows, less noise, more fits")
-    metric: Literal["recall", "ndcg", "hit_rate"] = Field("recall", description="merged metric to maximise")
-    k: int | None = Field(None, ge=1, description="metric@K; default: the budget candidates_per_user")
-    step: int = Field(10, ge=1, description="slots handed out per greedy step (the granularity of quotas)")
-    min_quota: int = Field(0, ge=0, description="slots every enabled channel keeps whatever its gain")
-    refine: bool = Field(True, description="after the greedy pass, move `step` slots between pairs of "
-                                           "channels while that improves the metric (local search)")
-    fixed: list[str] = Field(default_factory=list, description="channels that keep their configured quota "
-                                                                "(e.g. a retargeting volume set by policy)")
-    respect_strict: bool = Field(True, description="a strict channel (e.g. retarget) never gets more than its "
-                                                   "configured quota: its volume is capped on purpose")
-    min_z: float = Field(2.0, ge=0, description="keep the configured quotas unless the searched ones gain more "
-                                                "than this many standard errors (paired over validation users)")
-    segment_quotas: bool = Field(True, description="also search quotas of their own for light and heavy users "
-                                                   "(merge.segment_quotas), kept where they gain beyond noise")
-    min_segment_users: int = Field(50, ge=1, description="validation users a segment needs for its own quotas")
-    search_params: bool = Field(True, description="also choose the crowd hot list's depth, ranking and "
-                                                  "half-life on validation (recall/tune.py)")
 
 
 def top_k(candidates: pl.DataFrame, k: int) -> pl.DataFrame:

@@ -157,7 +157,7 @@ def say(*objects) -> None:
 
 def load(config: list[Path] | None, overrides: list[str] | None, data: Path | None = None,
          out_root: Path | None = None, run_date: str | None = None):
-    from recall.tune import load_config_files
+    from recall.config import load_config_files
 
     if not config and DEFAULT_CONFIG.exists():
         config = [DEFAULT_CONFIG]

@@ -31,7 +31,7 @@ import polars as pl
 from recall import analysis as A
 from recall import baselines as B
 from recall import schema as S
-from recall.context import UIDX, TrainData
+from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, merge_outputs, no_progress
@@ -41,16 +41,6 @@ if TYPE_CHECKING:
     from recall.config import Config, EvalConfig
 
 MAIN_SEGMENTS = ("all", "warm")
-
-
-def segment_settings(cfg: Config) -> A.SegmentsConfig:
-    """``[eval.segments]``, or its defaults while the config model has no such section."""
-    return getattr(cfg.eval, "segments", None) or A.SegmentsConfig()
-
-
-def als_settings(cfg: Config) -> A.ALSConfig:
-    """``[eval.als]``, or its defaults while the config model has no such section."""
-    return getattr(cfg.eval, "als", None) or A.ALSConfig()
 
 
 def split_data(data: Dataset, cfg: EvalConfig) -> Split:
@@ -129,7 +119,7 @@ def baselines(cfg: Config) -> dict[str, B.Baseline]:
         "popularity_recent": lambda t, u, n: B.popularity_recent(t, u, n, half_life),
         "implicit_bm25": B.implicit_bm25,
     }
-    als = als_settings(cfg)
+    als = cfg.eval.als
     if als.enabled:
         methods["implicit_als"] = lambda t, u, n: B.implicit_als(
             t, u, n, factors=als.factors, iterations=als.iterations, regularization=als.regularization,
@@ -205,7 +195,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
 
     engaged_users = train.engaged().select(S.USER).unique()
     by_user = A.user_segments(train.engaged().join(user_frame, on=S.USER, how="semi"), user_frame,
-                              segment_settings(cfg))
+                              cfg.eval.segments)
     segments = {"all": targets, "warm": targets.join(engaged_users, on=S.USER, how="semi")}
     for name in A.USER_SEGMENTS:
         segments[name] = targets.join(by_user.filter(pl.col(A.SEGMENT) == name), on=S.USER, how="semi")

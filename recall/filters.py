@@ -42,9 +42,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from recall import schema as S
+from recall.config import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
 from recall.errors import RecallError
 
 if TYPE_CHECKING:  # recall.context imports recall.config, which will import this module
@@ -55,83 +55,6 @@ log = logging.getLogger("recall")
 DAY = 86400
 FILTERS = ("purchase", "blacklist", "diversity")
 KEY = "_block_key"  # what a purchase blocks: "c<category>" or, without a category, "i<item>"
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PurchaseFilterConfig(_Section):
-    """Personalised purchase filtering: a bought category is blocked for a per-category period."""
-
-    enabled: bool = True
-    default_period_days: float = Field(30.0, ge=0, description="blocking period of a category without its own")
-    periods_days: dict[str, float] = Field(
-        default_factory=dict, description="blocking period per category_id (keys are category ids as text)")
-    estimate: bool = Field(False, description="estimate each category's period from repurchase intervals")
-    min_period_days: float = Field(1.0, ge=0, description="lower clip of an estimated period")
-    max_period_days: float = Field(180.0, ge=0, description="upper clip of an estimated period")
-    min_intervals: int = Field(5, ge=1, description="repurchase intervals a category needs for an estimate")
-    same_occasion_hours: float = Field(
-        24.0, ge=0, description="buys in one category closer than this are one basket, not a repurchase")
-    unblock_clicks: int = Field(3, ge=0, description="clicks in the category after the purchase that lift "
-                                                     "the block (0: never lifted)")
-    unblock_behaviors: list[str] = Field(default_factory=lambda: ["click"],
-                                         description="behaviours that count as clicks for unblocking")
-
-    @field_validator("periods_days")
-    @classmethod
-    def _non_negative(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = sorted(k for k, v in value.items() if v < 0)
-        if bad:
-            raise ValueError(f"periods must be >= 0 days (category {', '.join(bad)})")
-        return value
-
-    @field_validator("unblock_behaviors")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - set(S.BEHAVIORS))
-        if unknown or not value:
-            raise ValueError(f"unblock_behaviors must be a non-empty subset of {', '.join(S.BEHAVIORS)}")
-        return value
-
-    @model_validator(mode="after")
-    def _clip_order(self):
-        if self.min_period_days > self.max_period_days:
-            raise ValueError("min_period_days must not exceed max_period_days")
-        return self
-
-
-class BlacklistConfig(_Section):
-    """Items and categories never to recommend, listed in a file."""
-
-    enabled: bool = False
-    path: Path | None = Field(None, description="CSV or Parquet with an item_id and/or a category_id column")
-
-    @model_validator(mode="after")
-    def _path_when_enabled(self):
-        if self.enabled and self.path is None:
-            raise ValueError("filters.blacklist.path is required when the blacklist is enabled "
-                             "(a CSV or Parquet file with item_id and/or category_id)")
-        return self
-
-
-class DiversityConfig(_Section):
-    """Scattering: cap the candidates per category and per brand in a user's list."""
-
-    enabled: bool = True
-    max_per_category: int = Field(0, ge=0, description="most candidates of one category per user (0: no cap)")
-    max_per_brand: int = Field(0, ge=0, description="most candidates of one brand per user (0: no cap)")
-
-
-class FiltersConfig(_Section):
-    """The mechanism filters run on the merged candidates (see :func:`apply_filters`)."""
-
-    reserve: int = Field(100, ge=0, description="extra merged candidates per user beyond the budget, "
-                                                "kept so filtered ones can be replaced")
-    purchase: PurchaseFilterConfig = PurchaseFilterConfig()
-    blacklist: BlacklistConfig = BlacklistConfig()
-    diversity: DiversityConfig = DiversityConfig()
 
 
 # --------------------------------------------------------------------------- side information

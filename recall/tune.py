@@ -48,11 +48,10 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from pydantic import ValidationError
 
 from recall import schema as S
-from recall.analysis import TuneConfig, equal_quotas
-from recall.config import Config, _format_validation_error, apply_overrides, read_toml
+from recall.analysis import equal_quotas
+from recall.config import Config, TuneConfig
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluate import evaluation_targets, metrics, split_data
@@ -65,11 +64,6 @@ Quotas = dict[str, int]
 Score = Callable[[Quotas], float]
 # A move must beat the current value by more than float noise to count as an improvement.
 TOLERANCE = 1e-12
-
-
-def tune_settings(cfg: Config) -> TuneConfig:
-    """``[tune]``, or its defaults while the config model has no such section."""
-    return getattr(cfg, "tune", None) or TuneConfig()
 
 
 @dataclass
@@ -254,7 +248,7 @@ def validation_windows(cfg: Config, data: Dataset, settings: TuneConfig | None =
     window). User protocol: each window's T1 is the ``eval.split_quantile`` of the
     events before its T2, so validation users are held out as test users are.
     """
-    settings = settings or tune_settings(cfg)
+    settings = settings or cfg.tune
     split = split_data(data, cfg.eval).ts
     if cfg.eval.protocol == "user":
         windows, t2 = [], split
@@ -559,7 +553,7 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
     ``settings`` defaults to the config's ``[tune]`` section.
     """
     started = time.perf_counter()
-    settings = settings or tune_settings(cfg)
+    settings = settings or cfg.tune
     names = cfg.enabled_channels()
     if not names:
         raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
@@ -612,44 +606,3 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
         windows=windows, validation_users=sum(v.users for v in validations),
         validation_targets=sum(v.targets.height for v in validations), scores=scores, equal=equal,
         configured=configured, alone=alone, path=found.path, evaluations=score.evaluations, seconds=time.perf_counter() - started)
-
-
-# --- layered configuration -------------------------------------------------------------------------
-
-QUOTA_KEYS = ("quota", "share")
-
-
-def merge_config_dicts(base: dict, layer: dict, _path: tuple[str, ...] = ()) -> dict:
-    """``layer`` over ``base``: tables merge key by key, other values are replaced.
-
-    Inside ``channels.<name>``, ``quota`` and ``share`` are one setting: a layer that
-    sets either removes the other from below (a tuned ``quota`` replaces a base ``share``).
-    """
-    out = dict(base)
-    if len(_path) == 2 and _path[0] == "channels" and any(k in layer for k in QUOTA_KEYS):
-        for key in QUOTA_KEYS:
-            out.pop(key, None)
-    for key, value in layer.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_config_dicts(out[key], value, (*_path, key))
-        else:
-            out[key] = value
-    return out
-
-
-def merge_config_files(paths: Sequence[str | Path]) -> dict:
-    """Read TOML files and layer them in order, later files over earlier ones."""
-    merged: dict = {}
-    for path in paths:
-        merged = merge_config_dicts(merged, read_toml(path))
-    return merged
-
-
-def load_config_files(paths: Sequence[str | Path], overrides: list[str] | None = None) -> Config:
-    """:func:`recall.config.load_config` for several layered files (none: the defaults)."""
-    raw = apply_overrides(merge_config_files(paths), overrides)
-    source = " + ".join(str(p) for p in paths) or "defaults"
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise RecallError(_format_validation_error(exc, source)) from None

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recall import analysis as A
+from recall.config import SegmentsConfig
 from recall.evaluate import metrics
 from recall.merge import merge_channels
 
@@ -150,7 +151,7 @@ def test_a_channel_without_slots_gains_nothing():
 def test_user_segments_by_distinct_history_items():
     engaged = pl.DataFrame({"user_id": [1, 1, 1, 2, 2, 2, 2, 3], "item_id": [5, 5, 6, 1, 2, 3, 4, 9]})
     users = pl.DataFrame({"user_id": [1, 2, 3, 4]})
-    got = A.user_segments(engaged, users, A.SegmentsConfig(cold_max_items=1, light_max_items=2))
+    got = A.user_segments(engaged, users, SegmentsConfig(cold_max_items=1, light_max_items=2))
     # user 1: 2 distinct items (light); 2: 4 (heavy); 3: 1 (cold at threshold 1); 4: none (cold).
     assert dict(got.select("user_id", "segment").iter_rows()) == {1: "light", 2: "heavy", 3: "cold", 4: "cold"}
     assert got["history"].to_list() == [2, 4, 1, 0]
@@ -158,7 +159,7 @@ def test_user_segments_by_distinct_history_items():
 
 def test_segment_thresholds_must_be_ordered():
     with pytest.raises(ValueError, match="light_max_items"):
-        A.SegmentsConfig(cold_max_items=5, light_max_items=2)
+        SegmentsConfig(cold_max_items=5, light_max_items=2)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -303,3 +303,31 @@ def test_cli_subprocess_bad_config_has_no_traceback(tmp_path: Path):
     assert proc.stderr.startswith("error: invalid configuration in ")
     assert "channels.itemcf.topk: Extra inputs are not permitted" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_the_documented_spark_section_is_accepted_and_used():
+    from recall.spark.engine import settings_of
+
+    cfg = Config.model_validate({"spark": {"single_file": True, "master": "local[2]", "driver_memory": "2g"}})
+    settings = settings_of(cfg, conf={"spark.ui.enabled": "false"})
+    assert settings.single_file and settings.master == "local[2]" and settings.driver_memory == "2g"
+    assert settings.conf == {"spark.ui.enabled": "false"}
+    with pytest.raises(Exception, match="spark"):
+        Config.model_validate({"spark": {"no_such_key": 1}})
+
+
+def test_config_sits_at_the_bottom_every_section_model_in_it():
+    """config.py imports nothing of recall at module level but schema and errors; the section models of
+    filters, analysis (tune, segments, ALS) and the Spark settings are defined in it."""
+    import ast
+    from pathlib import Path
+
+    import recall.config as config
+
+    tree = ast.parse(Path(config.__file__).read_text())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    modules = {n.module for n in top if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("recall")}
+    assert modules <= {"recall", "recall.errors"}
+    for name in ("FiltersConfig", "PurchaseFilterConfig", "TuneConfig", "SegmentsConfig", "ALSConfig",
+                 "SparkSettings", "MergeConfig", "EvalConfig"):
+        assert getattr(config, name).__module__ == "recall.config", name

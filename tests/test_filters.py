@@ -16,8 +16,8 @@ from pydantic import ValidationError
 
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.filters import (BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig, apply_filters,
-                            estimated_periods)
+from recall.config import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
+from recall.filters import apply_filters, estimated_periods
 from recall.io import Dataset, normalise_events
 
 DAY = 86400

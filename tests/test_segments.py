@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import tomllib
 
-import numpy as np
 import polars as pl
 import pytest
 
-from recall.analysis import TuneConfig
-from recall.config import Config
+from recall.config import Config, TuneConfig
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.merge import merge_channels
 from recall.pipeline import merge_outputs, user_segments
-from recall.tune import load_config_files, tune
-from tests.test_tune import CHANNELS3, config, dataset, random_candidates
+from recall.config import load_config_files
+from recall.tune import tune
+from tests.test_tune import config, dataset, random_candidates
 
 
 def test_user_segments_by_distinct_engaged_items():

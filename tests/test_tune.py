@@ -9,7 +9,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recall.analysis import TuneConfig, equal_quotas
+from recall.analysis import equal_quotas
+from recall.config import TuneConfig, load_config_files, merge_config_dicts
 from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
@@ -17,8 +18,7 @@ from recall.evaluate import split_data, with_quotas
 from recall.io import Dataset
 from recall.pipeline import fit_channels, merge_outputs
 from recall.tune import (CachedScore, QuotaMerger, Validation, allocations, exhaustive_allocate, greedy_allocate,
-                         load_config_files, merge_config_dicts, quota_scorer, tune, validation_split,
-                         validation_windows)
+                         quota_scorer, tune, validation_split, validation_windows)
 from tests.conftest import random_log
 
 CHANNELS3 = ["itemcf", "usercf", "crowd"]

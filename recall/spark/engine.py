@@ -39,7 +39,7 @@ from pathlib import Path
 
 from recall import schema as S
 from recall.errors import RecallError
-from recall.spark.session import SparkSettings
+from recall.config import SparkSettings
 
 log = logging.getLogger("recall")
 
@@ -186,9 +186,7 @@ SPARK_CHANNELS: dict[str, ChannelJob] = {
 
 def settings_of(cfg, master: str | None = None, conf: dict[str, str] | None = None) -> SparkSettings:
     """The config's ``[spark]`` section (defaults when the config has none), with ``master`` and ``conf`` applied."""
-    settings = getattr(cfg, "spark", None) or SparkSettings()
-    if not isinstance(settings, SparkSettings):
-        settings = SparkSettings.model_validate(settings)
+    settings = cfg.spark
     update = {}
     if master:
         update["master"] = master

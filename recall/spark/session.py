@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 
+from recall.config import SparkSettings
 from recall.errors import RecallError
 
 # Startup messages go to the console before any setLogLevel call can silence them;
@@ -35,28 +35,6 @@ appender.console.layout.pattern = %d{{yy/MM/dd HH:mm:ss}} %p %c{{1}}: %m%n
 logger.gateway.name = org.apache.spark.api.python.PythonGatewayServer
 logger.gateway.level = {level}
 """
-
-
-class SparkSettings(BaseModel):
-    """How the Spark engine connects and what it asks for (the ``[spark]`` config section)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    master: str = Field("local[*]", description="Spark master URL: local[*], spark://host:7077, yarn, k8s://...")
-    app_name: str = Field("recall", description="application name shown by the cluster manager")
-    driver_memory: str = Field("4g", description="driver JVM heap (in local mode it also runs the tasks)")
-    shuffle_partitions: int | None = Field(
-        None, ge=1, description="spark.sql.shuffle.partitions; unset: 4 x cores in local mode, 200 otherwise")
-    log_level: str = Field("ERROR", description="log4j level of the JVM side (ERROR, WARN, INFO)")
-    single_file: bool = Field(
-        True, description="write each table as one Parquet file, exactly the local layout; false writes a "
-                          "folder <name>.parquet of part files in parallel (read as one table by polars, "
-                          "pyarrow and Spark)")
-    java_options: str = Field(
-        "", description="extra JVM options of the driver and executors, e.g. -XX:TieredStopAtLevel=1 (quicker "
-                        "start for short jobs); added to recall's own (the log configuration)")
-    conf: dict[str, str] = Field(default_factory=dict, description="further spark.* settings, passed as given "
-                                 "(extraJavaOptions are appended to recall's, not replacing them)")
 
 
 def require_pyspark():
