@@ -49,15 +49,8 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     ranks = {n: np.arange(int(candidates[n][S.RANK].max() or 0) + 1, dtype=np.float64) for n in names}
     if any(int(candidates[n][S.RANK].min() or 1) < 1 for n in names):
         raise RecallError("channel ranks must start at 1; pass channel outputs (user_id, item_id, score, rank)")
-    positions = {}
-    for name in names:
-        quota = quotas[name]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            position = ranks[name] / quota if quota > 0 else np.full(ranks[name].size, np.inf)
-        if (name in strict or not backfill) and quota > 0:
-            position[ranks[name] > quota] = np.inf
-        positions[name] = position
-    levels = np.unique(np.concatenate([p[1:] for p in positions.values()] + [np.array([np.inf])]))
+    positions = {name: slot_positions(ranks[name], quotas[name], name in strict or not backfill) for name in names}
+    levels, _ = position_codes({name: p[1:] for name, p in positions.items()})
     frames = []
     for order, name in enumerate(names):
         code = np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order
@@ -113,6 +106,37 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
                     pl.col("order").cast(pl.Int64).replace_strict(list(range(len(names))), names,
                                                                   return_dtype=pl.String).alias(SOURCE),
                     S.CHANNELS))
+
+
+def slot_positions(ranks: np.ndarray, quota: int, capped: bool) -> np.ndarray:
+    """The merge rule: a candidate's slot position is ``rank / quota`` in its channel.
+
+    A zero quota gives no position (``inf``); a ``capped`` channel (strict, or any
+    channel without back-fill) has none past its quota. True division, so equal
+    fractions (3/5, 9/15) are equal doubles and tie. The local merge, the Spark merge
+    and the tuner's fast merge all call this.
+    """
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if quota <= 0:
+        return np.full(ranks.shape, np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        position = ranks / quota
+    if capped:
+        position = np.where(ranks > quota, np.inf, position)
+    return position
+
+
+def position_codes(positions: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The distinct positions (``inf`` last) and, per channel in name order, ``place x 64 + channel number``.
+
+    Ordering by that one integer is ordering by (position, channel order): "best
+    position, ties to the first channel by name" is a minimum. At most 63 channels.
+    """
+    names = sorted(positions)
+    levels = np.unique(np.concatenate([np.asarray(positions[n], dtype=np.float64) for n in names]
+                                      + [np.array([np.inf])]))
+    return levels, {n: np.searchsorted(levels, positions[n]).astype(np.int64) * 64 + order
+                    for order, n in enumerate(names)}
 
 
 def _packing_width(frame: pl.DataFrame) -> int | None:

@@ -56,6 +56,7 @@ from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluate import evaluation_targets, metrics, split_data
 from recall.filters import apply_filters
+from recall.merge import slot_positions
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, no_progress
 from recall.split import REPEAT, Split, dataset_at, user_split
@@ -295,13 +296,9 @@ class QuotaMerger:
 
     def merged(self, quotas: Quotas) -> pl.DataFrame:
         """``user_id, item_id, score, rank, source`` with ``budget + reserve`` rows per user at most."""
-        q = np.array([quotas.get(n, 0) for n in self.names], dtype=np.float64)
-        # True division, as the merge: equal fractions (3/5, 9/15) are equal doubles,
-        # so exact ties break by channel name in both.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            positions = np.where(q > 0, self.ranks / q, np.inf)
-        positions[:, self.strict] = np.where(self.ranks[:, self.strict] <= q[self.strict],
-                                             positions[:, self.strict], np.inf)
+        # The merge's own rule (recall.merge.slot_positions), column by column.
+        positions = np.column_stack([slot_positions(self.ranks[:, i], quotas.get(n, 0), bool(self.strict[i]))
+                                     for i, n in enumerate(self.names)]) if self.names else self.ranks
         source = np.argmin(positions, axis=1)  # the first minimum: the channel first by name
         best = positions[np.arange(len(source)), source]
         keep = np.flatnonzero(np.isfinite(best))

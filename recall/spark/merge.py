@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from recall import schema as S
 from recall.errors import RecallError
-from recall.merge import SOURCE
+from recall.merge import SOURCE, position_codes, slot_positions
 
 def merge_channels(candidates: Mapping[str, DataFrame], quotas: Mapping[str, int], budget: int, *,
                    strict: frozenset[str] | set[str] = frozenset(), backfill: bool = True) -> DataFrame:
@@ -41,18 +41,13 @@ def merge_channels(candidates: Mapping[str, DataFrame], quotas: Mapping[str, int
     # True (correctly rounded) division, as numpy's: equal fractions (9/60, 3/20) are one
     # level, so slot ties across channels go to the channel order in both engines.
     top = _largest_ranks(candidates)
-    positions = {}
-    for name in names:
-        quota, ranks = quotas[name], np.arange(1, top[name] + 1, dtype=np.float64)
-        position = ranks / quota if quota > 0 else np.full(ranks.size, np.inf)
-        if (name in strict or not backfill) and quota > 0:
-            position[ranks > quota] = np.inf
-        positions[name] = position
-    levels = np.unique(np.concatenate([*positions.values(), [np.inf]]))
+    levels, all_codes = position_codes({
+        name: slot_positions(np.arange(1, top[name] + 1), quotas[name], name in strict or not backfill)
+        for name in names})
     infinite = int(np.searchsorted(levels, np.inf)) * 64
     frames = []
     for order, name in enumerate(names):
-        codes = np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order
+        codes = all_codes[name]
         code = F.element_at(F.array(*[F.lit(int(c)) for c in codes]), F.col(S.RANK).cast("int")) if codes.size \
             else F.lit(infinite)
         # Numbers, not names, through the shuffle: the (position, channel) code and the channel's bit.
