@@ -25,6 +25,7 @@ import polars as pl
 
 from recall import schema as S
 from recall.context import IIDX, UIDX, TrainData
+from recall.decay import DAY, halving
 
 Baseline = Callable[[TrainData, pl.Series, int], pl.DataFrame]
 
@@ -35,7 +36,7 @@ def item_popularity(train: TrainData, half_life_days: float | None = None) -> pl
     if half_life_days is None:
         weight = pl.len().cast(pl.Float64)
     else:
-        weight = (0.5 ** ((train.now - pl.col(S.TS)) / (86400.0 * half_life_days))).sum()
+        weight = halving(train.now - pl.col(S.TS), half_life_days * DAY).sum()
     return (pairs.group_by(IIDX).agg(weight.alias("n"))
             .sort(["n", IIDX], descending=[True, False]))
 

@@ -11,6 +11,7 @@ import scipy.sparse as sp
 
 from recall import schema as S
 from recall.config import TriggerConfig
+from recall.decay import halving
 from recall.io import Dataset
 
 UIDX = "user_idx"
@@ -111,7 +112,7 @@ class TrainData:
                     .filter(pl.col("bw") > 0)
                     .with_columns(reference=reference)
                     .filter(age_days <= cfg.window_days)
-                    .with_columns(w=pl.col("bw") * (0.5 ** (age_days / cfg.half_life_days)))
+                    .with_columns(w=pl.col("bw") * halving(age_days, cfg.half_life_days))
                     .group_by(UIDX, IIDX).agg(pl.col("w").max())
                     .sort([UIDX, "w", IIDX], descending=[False, True, False])
                     .filter(pl.int_range(pl.len()).over(UIDX) < cfg.max_triggers))

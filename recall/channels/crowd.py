@@ -61,6 +61,7 @@ from recall import schema as S
 from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.context import ENGAGED, IIDX, UIDX, TrainData
 from recall.ctr import PriorMethod, fit_beta_prior, shrink
+from recall.decay import DAY, halving
 from recall.errors import RecallError
 from recall.sparse import chunk_rows, row_blocks
 
@@ -222,8 +223,8 @@ class Crowd(Channel):
         half_life = self.params.half_life_days
         latest = (events.filter(pl.col(S.BEHAVIOR).is_in(ENGAGED))
                   .group_by(UIDX, IIDX).agg(pl.col(S.TS).max()))
-        vote = pl.lit(1.0) if half_life is None else 0.5 ** ((now - pl.col(S.TS)) / (86400.0 * half_life))
-        return latest.sort(UIDX, IIDX).select(UIDX, IIDX, is_click=pl.lit(True), vote=vote)
+        vote = halving(now - pl.col(S.TS), None if half_life is None else half_life * DAY)
+        return latest.sort(UIDX, IIDX).select(UIDX, IIDX, is_click=pl.lit(True), vote=pl.lit(1.0) * vote)
 
     def _crowd_ids(self, data: TrainData, ids: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
         """Per user and level the crowd id (null: a missing attribute), and ``crowd_id, crowd, level``."""

@@ -38,6 +38,7 @@ from pydantic import Field
 from recall import schema as S
 from recall.interface import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
+from recall.decay import halving
 from recall.errors import RecallError
 from recall.sparse import blocks, row_normalise_max, top_k_per_row
 
@@ -113,9 +114,7 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
         shape=(n_items, n_rows))
 
     def decay(gap: int) -> float:
-        if p.decay_half_life_hours is None:
-            return 1.0
-        return 0.5 ** (gap * p.bucket_hours / p.decay_half_life_hours)
+        return halving(gap * p.bucket_hours, p.decay_half_life_hours)
 
     # The time kernel between a user's buckets: Q[r, r'] = f(gap) for rows r, r' of the
     # same user at most W buckets apart (Q = I without a window). Then

@@ -30,9 +30,9 @@ from pydantic import Field, field_validator, model_validator
 from recall import schema as S
 from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
+from recall.decay import DAY, halving
 
 RETARGET_BEHAVIORS = ("click", "fav", "cart")
-DAY = 86400.0
 
 
 class RetargetParams(ChannelParams):
@@ -78,8 +78,7 @@ def retarget_scores(data: TrainData, p: RetargetParams) -> pl.DataFrame:
     looks = events.join(weights, on=S.BEHAVIOR).filter(pl.col("bw") > 0)
     if p.window_days is not None:
         looks = looks.filter(pl.col(S.TS) >= data.now - p.window_days * DAY)
-    decay = (pl.lit(1.0) if p.half_life_days is None
-             else 0.5 ** ((data.now - pl.col(S.TS)) / (p.half_life_days * DAY)))
+    decay = halving(data.now - pl.col(S.TS), None if p.half_life_days is None else p.half_life_days * DAY)
     value = pl.col("bw") * decay
     pairs = (looks
              .group_by(UIDX, IIDX)

@@ -36,7 +36,6 @@ entries at most.
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import numpy as np
@@ -47,6 +46,7 @@ from pydantic import Field
 from recall import schema as S
 from recall.interface import BehaviorList, Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
+from recall.decay import DAY, halving
 from recall.sparse import csr_to_frame, row_indices, top_k_per_row
 
 NEIGHBORS_TABLE = "u2u/usercf.parquet"
@@ -82,10 +82,7 @@ def engagement_pairs(data: TrainData, p: UserCFParams) -> pl.DataFrame:
     half_life = p.recency_half_life_days
     if half_life is None:
         half_life = data.triggers.half_life_days
-    if math.isinf(half_life):
-        decay = pl.lit(1.0)
-    else:
-        decay = 0.5 ** ((data.now - pl.col(S.TS)) / 86400.0 / half_life)
+    decay = halving(data.now - pl.col(S.TS), half_life * DAY)
     return (events
             .join(bw, on=S.BEHAVIOR, how="left")
             .with_columns(r=pl.col("bw").fill_null(0.0) * decay)

@@ -23,6 +23,7 @@ from pyspark.sql import functions as F
 
 from recall import schema as S
 from recall.channels.itemcf import ItemCFParams
+from recall.decay import halving
 from recall.errors import RecallError
 from recall.spark.data import SparkData
 from recall.spark.ops import (distinct_values, long_table, lookup, normalise_max, numpy_lookup, ordered_sum,
@@ -92,16 +93,14 @@ def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None 
     pairs = left.join(right, S.USER).filter((F.col(S.ITEM) != F.col(S.NEIGHBOR)) & (gap <= max_gap))
 
     def decay(g: int) -> float:
-        if p.decay_half_life_hours is None:
-            return 1.0
-        return 0.5 ** (g * p.bucket_hours / p.decay_half_life_hours)
+        return halving(g * p.bucket_hours, p.decay_half_life_hours)
 
     if max_gap == 0 or p.decay_half_life_hours is None:
         f = F.lit(1.0)
     elif max_gap <= MAX_LOOKUP:
         f = lookup([decay(g) for g in range(max_gap + 1)], gap)
     else:
-        f = F.pow(F.lit(0.5), gap * F.lit(p.bucket_hours / p.decay_half_life_hours))
+        f = halving(gap * F.lit(p.bucket_hours), p.decay_half_life_hours)
     terms = pairs.select(S.USER, S.ITEM, S.NEIGHBOR, (F.col("_wi") * (f * F.col("_sj"))).alias("_term"))
     if categories is not None:
         cat_i = categories.select(S.ITEM, F.col(S.CATEGORY).alias("_ci"))

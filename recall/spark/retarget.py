@@ -12,7 +12,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.retarget import DAY, RetargetParams
+from recall.channels.retarget import RetargetParams
+from recall.decay import DAY, halving
 from recall.spark.data import SparkData
 from recall.spark.ops import long_table, ordered_sum, top_k
 
@@ -23,8 +24,7 @@ def retarget_candidates(data: SparkData, p: RetargetParams, n: int) -> DataFrame
     looks = events.join(data.behavior_weights(p.behavior_weights), S.BEHAVIOR).filter(F.col("bw") > 0)
     if p.window_days is not None:
         looks = looks.filter(F.col(S.TS) >= F.lit(data.now - p.window_days * DAY))
-    decay = (F.lit(1.0) if p.half_life_days is None
-             else F.pow(F.lit(0.5), (F.lit(data.now) - F.col(S.TS)) / F.lit(p.half_life_days * DAY)))
+    decay = halving(F.lit(data.now) - F.col(S.TS), None if p.half_life_days is None else p.half_life_days * DAY)
     value = (F.col("bw") * decay).alias("_v")
     pairs = (looks.select(S.USER, S.ITEM, S.TS, S.BEHAVIOR, value)
              .groupBy(S.USER, S.ITEM)

@@ -22,6 +22,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
+from recall.decay import halving
 from recall.spark.data import SparkData
 from recall.spark.ops import long_table, ordered_sum, top_k
 
@@ -38,7 +39,7 @@ def trigger_table(data: SparkData) -> DataFrame:
                  .filter(age_days <= F.lit(float(cfg.window_days)))
                  .join(data.behavior_weights(cfg.behavior_weights), S.BEHAVIOR)
                  .filter(F.col("bw") > 0)
-                 .withColumn(WEIGHT, F.col("bw") * F.pow(F.lit(0.5), age_days / F.lit(float(cfg.half_life_days))))
+                 .withColumn(WEIGHT, F.col("bw") * halving(age_days, float(cfg.half_life_days)))
                  .groupBy(S.USER, S.ITEM).agg(F.max(WEIGHT).alias(WEIGHT)))
     order = Window.partitionBy(S.USER).orderBy(F.col(WEIGHT).desc(), F.col(S.ITEM).asc())
     return (strongest.withColumn("_n", F.row_number().over(order))

@@ -11,13 +11,13 @@ votes are a join of the neighbour table with the strengths ``r(v, i)`` on ``v``.
 
 from __future__ import annotations
 
-import math
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
 from recall.channels.usercf import UserCFParams
+from recall.decay import DAY, halving
 from recall.spark.data import SparkData
 from recall.spark.ops import distinct_values, long_table, numpy_lookup, ordered_sum, top_k
 
@@ -30,10 +30,7 @@ def engagement_pairs(data: SparkData, p: UserCFParams) -> DataFrame:
     half_life = p.recency_half_life_days
     if half_life is None:
         half_life = data.triggers.half_life_days
-    if math.isinf(half_life):
-        decay = F.lit(1.0)
-    else:
-        decay = F.pow(F.lit(0.5), (F.lit(data.now) - F.col(S.TS)) / F.lit(86400.0) / F.lit(float(half_life)))
+    decay = halving(F.lit(data.now) - F.col(S.TS), float(half_life) * DAY)
     weights = data.behavior_weights(data.triggers.behavior_weights)
     pairs = (events.join(weights, S.BEHAVIOR, "left")
              .withColumn("r", F.coalesce(F.col("bw"), F.lit(0.0)) * decay)
