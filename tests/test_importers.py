@@ -48,7 +48,7 @@ def test_registry_names_and_help():
     assert set(IMPORTERS) == {"taobao", "movielens", "generic"}
     assert set(IMPORTER_HELP) == set(IMPORTERS)
     assert all(isinstance(h, str) and h and "\n" not in h for h in IMPORTER_HELP.values())
-    assert importer_options("movielens") == ["fav_threshold"]
+    assert importer_options("movielens") == ["click_threshold", "fav_threshold", "on_bad_lines"]
     assert "behavior_map" in importer_options("generic")
 
 
