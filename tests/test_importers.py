@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -17,23 +19,14 @@ from recall.errors import RecallError
 from recall.importers import (
     IMPORTER_HELP,
     IMPORTERS,
+    import_to_folder,
     importer_options,
     run_importer,
 )
+from tests.conftest import shared_dataset
+from tests.formats import ML_MOVIES, ML_RATINGS, ML_WRITERS, write_ml1m, write_ml100k, write_ml_latest
 
 TAOBAO_COUNTS = {"click": 3926, "fav": 128, "buy": 77, "cart": 190}
-
-
-def shared_data(name: str) -> Path:
-    """Folder ``name`` of the shared data area next to the repo, or skip the test.
-
-    The repo and ``shared`` are siblings (``<root>/main`` and ``<root>/shared``),
-    so the location is derived from this file rather than hard-coded.
-    """
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / name
-    if not folder.is_dir():
-        pytest.skip(f"shared data folder absent: {folder}")
-    return folder
 
 
 def write(path: Path, text: str) -> Path:
@@ -63,7 +56,7 @@ def test_unknown_importer_and_option(tmp_path):
 
 
 def test_taobao_real_sample():
-    folder = shared_data("taobao-userbehavior-sample")
+    folder = shared_dataset("taobao-userbehavior-sample")
     data = IMPORTERS["taobao"](folder)  # folder form: finds UserBehavior.csv
     ev = data.events
     assert ev.height == 4321
@@ -195,7 +188,7 @@ def _ml100k_ratings(folder: Path) -> list[float]:
 
 
 def test_movielens_real_ml100k():
-    folder = shared_data("ml-100k")
+    folder = shared_dataset("ml-100k")
     data = IMPORTERS["movielens"](folder)
     ev = data.events
     ratings = _ml100k_ratings(folder)
@@ -232,7 +225,7 @@ def test_movielens_real_ml100k():
 
 
 def test_movielens_real_fav_threshold_option():
-    folder = shared_data("ml-100k")
+    folder = shared_dataset("ml-100k")
     data = run_importer("movielens", folder / "ml-100k.inter", fav_threshold=5)
     favs = data.events.filter(pl.col(S.BEHAVIOR) == "fav").height
     assert favs == sum(r >= 5 for r in _ml100k_ratings(folder))
@@ -277,7 +270,7 @@ def test_movielens_comma_separated_file(tmp_path):
 
 
 def test_movielens_folder_without_inter(tmp_path):
-    with pytest.raises(RecallError, match=r"no '\.inter' file"):
+    with pytest.raises(RecallError, match=r"no MovieLens ratings in folder.*u\.data.*NAME\.inter"):
         IMPORTERS["movielens"](tmp_path)
 
 
@@ -393,3 +386,168 @@ def test_text_that_is_not_taobao(tmp_path):
     path = write(tmp_path / "notes.csv", "just some notes\nabout nothing\n")
     with pytest.raises(RecallError, match=r"notes\.csv.*1 comma-separated column"):
         IMPORTERS["taobao"](path)
+
+
+# --------------------------------------------------------------------------- movielens, GroupLens layouts
+
+
+def _event_rows(data) -> list[tuple]:
+    ev = data.events.select(S.USER, S.ITEM, pl.col(S.BEHAVIOR).cast(pl.String), S.TS, "rating")
+    return sorted(ev.rows())
+
+
+@pytest.mark.parametrize("layout", sorted(ML_WRITERS))
+def test_movielens_layouts_give_the_same_tables(tmp_path, layout):
+    data = IMPORTERS["movielens"](ML_WRITERS[layout](tmp_path / layout))
+    expected = sorted([(u, i, "click", t, float(r)) for u, i, r, t in ML_RATINGS]
+                      + [(u, i, "fav", t, float(r)) for u, i, r, t in ML_RATINGS if r >= 4])
+    assert _event_rows(data) == expected
+    assert data.events.schema[S.USER] == pl.Int64 and data.events.schema[S.ITEM] == pl.Int64
+    items = data.items.sort(S.ITEM)
+    assert items["title"].to_list() == ["Toy Story", "GoldenEye", "Misérables, Les", "Unknown Movie"]
+    assert items["release_year"].to_list() == [1995, 1995, 1995, None]
+    assert items["genres"].to_list() == [g for *_, g in ML_MOVIES]
+    assert items[S.CATEGORY].to_list() == ["Animation", "Action", "Drama", None]
+    assert data.files["events"].parent == tmp_path / layout
+
+
+def test_movielens_100k_and_1m_users(tmp_path):
+    m100k = IMPORTERS["movielens"](write_ml100k(tmp_path / "a")).users.sort(S.USER)
+    assert m100k.select(S.USER, "age", "age_band", "gender", "occupation", "zip_code").rows() == [
+        (1, 24, "18-24", "M", "technician", "85711"), (2, 53, "45-54", "F", "other", "94043"),
+        (3, 17, "<18", "M", "student", "02138")]
+    m1m = IMPORTERS["movielens"](write_ml1m(tmp_path / "b")).users.sort(S.USER)
+    # Age codes 18, 50, 1 and occupation codes 17, 0, 10 of the ml-1m README.
+    assert m1m.select(S.USER, "age_code", "age_band", "gender", "occupation", "zip_code").rows() == [
+        (1, 18, "18-24", "M", "technician/engineer", "85711"), (2, 50, "45-54", "F", "other", "94043"),
+        (3, 1, "<18", "M", "K-12 student", "02138")]
+
+
+@pytest.mark.parametrize("layout", ["ml-10m", "ml-latest"])
+def test_movielens_tags_become_an_item_list(tmp_path, layout):
+    items = IMPORTERS["movielens"](ML_WRITERS[layout](tmp_path)).items.sort(S.ITEM)
+    # 'pixar' twice (case folded) before 'funny' once; movies without tags get null.
+    assert items["tags"].to_list() == [["pixar", "funny"], ["bond"], None, None]
+
+
+def test_movielens_latest_without_tags_and_half_stars(tmp_path):
+    folder = write_ml_latest(tmp_path, tags=False)
+    with open(folder / "ratings.csv", "a") as fh:
+        fh.write("3,1,3.5,881256000\n")
+    data = run_importer("movielens", folder / "ratings.csv", fav_threshold=3.5)
+    assert "tags" not in data.items.columns
+    favs = data.events.filter(pl.col(S.BEHAVIOR) == "fav")
+    assert sorted(favs["rating"].to_list()) == sorted([float(r) for *_, r, _ in ML_RATINGS if r >= 3.5] + [3.5])
+
+
+@pytest.mark.parametrize("layout", sorted(ML_WRITERS))
+def test_movielens_click_threshold_changes_the_mix(tmp_path, layout):
+    folder = ML_WRITERS[layout](tmp_path)
+    data = run_importer("movielens", folder, click_threshold=3, fav_threshold=5)
+    counts = Counter(data.events[S.BEHAVIOR].cast(pl.String).to_list())
+    ratings = [r for *_, r, _ in ML_RATINGS]
+    assert counts == {"impression": len(ratings), "click": sum(r >= 3 for r in ratings),
+                      "fav": sum(r >= 5 for r in ratings)}
+    none = run_importer("movielens", folder, fav_threshold="none")
+    assert Counter(none.events[S.BEHAVIOR].cast(pl.String).to_list()) == {"click": len(ratings)}
+
+
+def test_movielens_thresholds_refused(tmp_path):
+    folder = write_ml1m(tmp_path)
+    with pytest.raises(RecallError, match=r"fav_threshold \(3\) is below click_threshold \(4\)"):
+        run_importer("movielens", folder, click_threshold=4, fav_threshold=3)
+    with pytest.raises(RecallError, match="click_threshold must be a number"):
+        run_importer("movielens", folder, click_threshold="high")
+
+
+def test_movielens_layout_detection_hints(tmp_path):
+    write_ml1m(tmp_path / "ml-1m")
+    with pytest.raises(RecallError, match=r"no MovieLens ratings.*subfolder: pass '.*ml-1m'"):
+        IMPORTERS["movielens"](tmp_path)
+    with pytest.raises(RecallError, match=r"'.*movies\.dat' is not a MovieLens ratings file"):
+        IMPORTERS["movielens"](tmp_path / "ml-1m" / "movies.dat")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "ratings.csv").write_text("user,item,stars,when\n1,2,3,4\n")
+    with pytest.raises(RecallError, match=r"ratings\.csv' starts with 'user,item,stars,when'.*userId,movieId"):
+        IMPORTERS["movielens"](tmp_path / "x")
+
+
+def test_movielens_dat_bad_lines(tmp_path):
+    folder = write_ml1m(tmp_path)
+    with open(folder / "ratings.dat", "a") as fh:
+        fh.write("3::1::4\n3::2::x::881256000\n3::3::4::881256000::9\n")
+    with pytest.raises(RecallError, match=r"ratings\.dat' line 8: column 'timestamp' is empty"):
+        IMPORTERS["movielens"](folder)
+    plan = IMPORTERS["movielens"].plan(folder, on_bad_lines="skip")
+    (skipped,) = plan.skipped
+    assert (skipped.count, skipped.first_lines) == (3, [8, 9, 10])
+    assert skipped.reasons == {"more fields than expected": 1, "column 'timestamp' is empty or missing": 1,
+                               "column 'rating' is not a number": 1}
+
+
+def test_movielens_real_ml100k_click_threshold():
+    folder = shared_dataset("ml-100k")
+    ratings = _ml100k_ratings(folder)
+    data = run_importer("movielens", folder, click_threshold=3, fav_threshold=4)
+    counts = Counter(data.events[S.BEHAVIOR].cast(pl.String).to_list())
+    assert counts == {"impression": len(ratings), "click": sum(r >= 3 for r in ratings),
+                      "fav": sum(r >= 4 for r in ratings)}
+
+
+# --------------------------------------------------------------------------- bad lines, real and streamed
+
+
+def test_taobao_84k_truncated_last_line():
+    folder = shared_dataset("taobao-userbehavior-84k")
+    with pytest.raises(RecallError, match=r"UserBehavior\.csv' line 84476: column 'timestamp' is empty.*"
+                                          r"on_bad_lines=skip"):
+        IMPORTERS["taobao"](folder)
+    plan = IMPORTERS["taobao"].plan(folder, on_bad_lines="skip")
+    assert [(s.count, s.first_lines) for s in plan.skipped] == [(1, [84476])]
+    data = IMPORTERS["taobao"](folder, on_bad_lines="skip")
+    assert data.events.height == 84_475
+    counts = Counter(data.events[S.BEHAVIOR].cast(pl.String).to_list())
+    assert counts == {"click": 75_872, "cart": 4_497, "fav": 2_356, "buy": 1_750}  # SOURCE.md
+
+
+def test_import_to_folder_equals_the_dataset_and_records_metadata(tmp_path):
+    src = write(tmp_path / "log.csv", TAOBAO_ROWS + TAOBAO_ROWS.splitlines(keepends=True)[0]  # a duplicate
+                + "3,13,300,pv\n" + "x,13,300,pv,1511544200\n")
+    report = import_to_folder("taobao", src, tmp_path / "out", on_bad_lines="skip")
+    memory = run_importer("taobao", src, on_bad_lines="skip")
+    assert pl.read_parquet(tmp_path / "out" / "events.parquet").equals(memory.events)
+    assert pl.read_parquet(tmp_path / "out" / "items.parquet").equals(memory.items)
+    meta = json.loads(report.metadata.read_text())
+    assert meta["format"] == "taobao" and meta["options"] == {"on_bad_lines": "skip"}
+    assert meta["rows"] == {"events": 4, "items": 3} and meta["duplicates_dropped"] == 1
+    assert meta["skipped_lines"] == [{"file": str(src), "count": 2, "first_lines": [6, 7], "reasons": {
+        "column 'timestamp' is empty or missing": 1, "column 'user_id' is not an integer": 1}}]
+    assert report.summary["events"] == 4 and report.summary["behaviors"] == {"click": 1, "fav": 1, "cart": 1,
+                                                                            "buy": 1}
+
+
+def test_import_to_folder_replaces_stale_side_tables(tmp_path):
+    out = tmp_path / "out"
+    import_to_folder("movielens", write_ml1m(tmp_path / "a"), out)
+    assert (out / "users.parquet").exists()
+    import_to_folder("movielens", write_ml_latest(tmp_path / "b"), out)  # no users in this layout
+    assert not (out / "users.parquet").exists()
+    (out / "users.csv").write_text("user_id\n1\n")
+    with pytest.raises(RecallError, match=r"users\.csv' would be read with the imported events"):
+        import_to_folder("movielens", write_ml_latest(tmp_path / "b"), out)
+
+
+def test_cli_import_prints_a_table_with_skipped_lines(tmp_path):
+    from typer.testing import CliRunner
+
+    from recall.cli import app
+
+    src = write(tmp_path / "log.csv", TAOBAO_ROWS + "3,13,300,pv\n")
+    result = CliRunner().invoke(app, ["data", "import", "taobao", str(src), "--out", str(tmp_path / "out"),
+                                      "-o", "on_bad_lines=skip"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    assert re.search(r"events\s*│\s*4\s*│", result.stdout)
+    assert re.search(r"behavior click\s*│\s*1 \(25\.0%\)", result.stdout)
+    assert re.search(r"skipped lines: log\.csv\s*│\s*1 \(line 5\)", result.stdout)
+    assert "{" not in result.stdout  # a table, not a dict
+    assert (tmp_path / "out" / "import.json").exists()

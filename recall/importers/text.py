@@ -290,7 +290,7 @@ def complete(columns: Sequence[str]) -> list[Rule]:
 
 def integers(columns: Sequence[str]) -> list[Rule]:
     """Each non-empty value must be an integer."""
-    return [_parses(c, pl.col(c).cast(pl.Int64, strict=False).is_null(), "integers") for c in columns]
+    return [_parses(c, pl.col(c).cast(pl.Int64, strict=False).is_null(), "integers", "an integer") for c in columns]
 
 
 def numbers(columns: Sequence[str]) -> list[Rule]:
@@ -298,12 +298,12 @@ def numbers(columns: Sequence[str]) -> list[Rule]:
     rules = []
     for c in columns:
         parsed = pl.col(c).cast(pl.Float64, strict=False)
-        rules.append(_parses(c, parsed.is_null() | ~parsed.is_finite(), "numbers"))
+        rules.append(_parses(c, parsed.is_null() | ~parsed.is_finite(), "numbers", "a number"))
     return rules
 
 
-def _parses(column: str, fails: pl.Expr, kind: str) -> Rule:
-    return Rule(pl.col(column).is_not_null() & fails, column, f"column '{column}' is not {kind[:-1]}",
+def _parses(column: str, fails: pl.Expr, kind: str, one: str) -> Rule:
+    return Rule(pl.col(column).is_not_null() & fails, column, f"column '{column}' is not {one}",
                 lambda f: (f"column '{column}' in '{f.path}' must hold {kind}, but {f.unit} {f.line} has "
                            f"{f.value!r} ({f.count} bad value(s) in total); fix or remove those {f.unit}s, "
                            f"{_SKIP_HINT}"))
@@ -321,7 +321,7 @@ def one_of(column: str, values: Sequence[str], hint: str, *, lowercase: bool = F
 def _shape_rules(table: TextTable) -> list[Rule]:
     """Whole-line rules every text file gets: no extra fields, quotes that pair up."""
     fix = "check the separator and that no value contains it unquoted"
-    rules = [Rule(pl.col(_OVERFLOW), None, "more fields than the header",
+    rules = [Rule(pl.col(_OVERFLOW), None, "more fields than expected",
                   lambda f: (f"'{f.path}' line {f.line} has more fields than expected ({len(table.columns)}): "
                              f"{_clip(f.raw)!r}; expected {table.layout} ({fix}), {_SKIP_HINT} "
                              f"({f.count} such line(s))"))]
