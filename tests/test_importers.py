@@ -551,3 +551,100 @@ def test_cli_import_prints_a_table_with_skipped_lines(tmp_path):
     assert re.search(r"skipped lines: log\.csv\s*│\s*1 \(line 5\)", result.stdout)
     assert "{" not in result.stdout  # a table, not a dict
     assert (tmp_path / "out" / "import.json").exists()
+
+
+# --------------------------------------------------------------------------- generic: separators, lists, ratings
+
+
+@pytest.mark.parametrize("sep", [",", ";", "\t", "|"])
+def test_generic_detects_the_separator_and_a_bom(tmp_path, sep):
+    rows = [["user", "item", "ts", "tags"], ["1", "a", "100", "x"], ["2", "b", "200", "y"]]
+    path = tmp_path / "e.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(sep.join(r) for r in rows).encode() + b"\n")
+    data = IMPORTERS["generic"](path, user_col="user", item_col="item")
+    assert data.events.select(S.USER, S.ITEM, S.TS, "tags").rows() == [(1, "a", 100, "x"), (2, "b", 200, "y")]
+
+
+def test_generic_explicit_separator_and_quotes(tmp_path):
+    path = write(tmp_path / "e.csv", 'user_id;item_id;ts;title\n1;2;100;"a; ""quoted"" title"\n1;3;101;plain\n')
+    with pytest.raises(RecallError, match="cannot tell the separator"):
+        IMPORTERS["generic"](write(tmp_path / "one.csv", "user_id item_id ts\n1 2 3\n"))
+    data = run_importer("generic", path, sep=";")
+    assert data.events["title"].to_list() == ['a; "quoted" title', "plain"]
+    tab = write(tmp_path / "t.csv", "user_id\titem_id\tts\n1\t2\t100\n")
+    assert run_importer("generic", tab, sep="\\t").events.height == 1
+
+
+def test_generic_rating_col_thresholds(tmp_path):
+    path = write(tmp_path / "r.csv", "uid,iid,stars,t\n1,1,5,100\n1,2,3,101\n2,1,1,102\n2,3,4.5,103\n")
+    plain = run_importer("generic", path, user_col="uid", item_col="iid", ts_col="t", rating_col="stars")
+    assert Counter(plain.events[S.BEHAVIOR].cast(pl.String).to_list()) == {"click": 4}
+    assert plain.events["rating"].to_list() == [5.0, 3.0, 1.0, 4.5]
+    mixed = run_importer("generic", path, user_col="uid", item_col="iid", ts_col="t", rating_col="stars",
+                         click_threshold=3, fav_threshold=4.5)
+    assert Counter(mixed.events[S.BEHAVIOR].cast(pl.String).to_list()) == {"impression": 4, "click": 3, "fav": 2}
+    with pytest.raises(RecallError, match="rating_col derives the behaviours"):
+        run_importer("generic", path, rating_col="stars", behavior_col="x")
+    with pytest.raises(RecallError, match="pass rating_col=NAME too"):
+        run_importer("generic", path, fav_threshold=4)
+
+
+def test_generic_list_columns_in_every_table(tmp_path):
+    events = write(tmp_path / "e.csv", "user_id,item_id,ts,devices\n1,10,100,phone|tv\n2,11,101,\n")
+    items = write(tmp_path / "i.csv", "item_id,genres,price\n10,Drama| Comedy,9.5\n11,,N/A\n")
+    users = write(tmp_path / "u.csv", "user_id,langs\n1,en\n2,en|fr\n")
+    data = run_importer("generic", events, items_src=items, users_src=users, list_cols="genres,langs,devices")
+    assert data.items.sort(S.ITEM)["genres"].to_list() == [["Drama", "Comedy"], None]
+    assert data.items.schema["price"] == pl.String  # 'N/A' on one line: text, not a bad line
+    assert data.users.sort(S.USER)["langs"].to_list() == [["en"], ["en", "fr"]]
+    assert data.events["devices"].to_list() == [["phone", "tv"], None]
+    semi = run_importer("generic", events, items_src=items, list_cols=["genres"], list_sep=";")
+    assert semi.items.sort(S.ITEM)["genres"].to_list() == [["Drama| Comedy"], None]
+    with pytest.raises(RecallError, match=r"list_cols names column\(s\) 'nope' found in none"):
+        run_importer("generic", events, list_cols="nope")
+
+
+def test_generic_ids_typed_alike_across_files(tmp_path):
+    events = write(tmp_path / "e.csv", "user_id,item_id,ts\n1,10,100\n2,11,101\n")
+    items = write(tmp_path / "i.csv", "item_id,category_id\n10,a\nsku-11,b\n")
+    data = run_importer("generic", events, items_src=items)
+    assert data.events.schema[S.ITEM] == pl.String == data.items.schema[S.ITEM]
+    assert data.events[S.ITEM].to_list() == ["10", "11"]
+
+
+def test_generic_iso_timestamps(tmp_path):
+    path = write(tmp_path / "e.csv", "user_id,item_id,ts\n1,10,2017-11-25T00:00:00Z\n1,11,2017-11-25T00:00:01Z\n")
+    assert IMPORTERS["generic"](path).events[S.TS].to_list() == [1511568000, 1511568001]
+    bad = write(tmp_path / "b.csv", "user_id,item_id,ts\n1,10,2017-11-25T00:00:00\n1,11,yesterday\n")
+    with pytest.raises(RecallError, match=r"column 'ts' \(ts_col\).*line 3 has 'yesterday'"):
+        IMPORTERS["generic"](bad)
+
+
+GENERIC_BAD = ("user_id,item_id,ts,note\n"
+               "1,10,100,ok\n"          # line 2: fine
+               "2,,101,no item\n"       # line 3: incomplete
+               "3,12,later,bad ts\n"    # line 4: unparsable timestamp
+               "4,13,103,a,b\n"         # line 5: one field too many
+               '5,14,104,"open\n'       # line 6: a quote that never closes
+               "6,15,105,ok\n")
+
+
+def test_generic_on_bad_lines_error_names_the_first(tmp_path):
+    path = write(tmp_path / "bad.csv", GENERIC_BAD)
+    with pytest.raises(RecallError, match=r"bad\.csv' line 3: column 'item_id' is empty.*on_bad_lines=skip"):
+        IMPORTERS["generic"](path)
+
+
+def test_generic_on_bad_lines_skip_counts_and_records(tmp_path):
+    path = write(tmp_path / "bad.csv", GENERIC_BAD)
+    report = import_to_folder("generic", path, tmp_path / "out", on_bad_lines="skip")
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert events.select(S.USER, "note").rows() == [(1, "ok"), (6, "ok")]
+    (skipped,) = report.skipped
+    assert (skipped.count, skipped.first_lines) == (4, [3, 4, 5, 6])
+    meta = json.loads(report.metadata.read_text())["skipped_lines"][0]
+    assert meta["count"] == 4 and meta["first_lines"] == [3, 4, 5, 6]
+    assert meta["reasons"] == {"column 'item_id' is empty or missing": 1, "column 'ts' is not a number": 1,
+                               "more fields than expected": 1, "unbalanced quotes": 1}
+    with pytest.raises(RecallError, match="on_bad_lines must be 'error'"):
+        run_importer("generic", path, on_bad_lines="drop")

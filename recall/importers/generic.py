@@ -130,7 +130,10 @@ def _open(path: Path, sep: str | None, what: str) -> TextTable:
                               "parquet file, e.g. re-export it") from exc
         return frame_table(frame, path, f"a Parquet {what}")
     layout = f"a CSV {what} with a header line"
-    separator = sep or sniff_separator(head_lines(path, path), path)
+    lines = head_lines(path, path)
+    if not lines:
+        raise RecallError(f"'{path}' is empty; expected {layout}")
+    separator = sep or sniff_separator(lines, path)
     return read_text(path, path=path, sep=separator, layout=layout, header=True,
                      quoted=len(separator) == 1)
 

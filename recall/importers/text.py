@@ -140,20 +140,34 @@ def _split_header(line: str, sep: str, quoted: bool) -> list[str]:
 
 
 def sniff_separator(lines: list[str], path: Path) -> str:
-    """The separator among :data:`SEPARATORS` that splits every sampled line into the same 2+ fields."""
+    """The separator among :data:`SEPARATORS` that splits the header into 2+ fields and most lines alike.
+
+    A candidate scores the share of sampled lines with as many fields as the
+    header (so a few bad lines do not hide the separator); the best score wins,
+    ties in the order of :data:`SEPARATORS`, and it must fit most lines.
+    """
+    best, best_score = None, 0.5
     for sep in SEPARATORS:
-        counts = {len(_split_header(line, sep, quoted=True)) for line in lines}
-        if len(counts) == 1 and counts.pop() > 1:
-            return sep
-    shown = ", ".join(repr(s) for s in SEPARATORS)
-    raise RecallError(f"cannot tell the separator of '{path}': none of {shown} splits its first lines "
-                      "into the same number of fields; pass it, e.g. -o sep=';'")
+        counts = [len(_split_header(line, sep, quoted=True)) for line in lines]
+        if counts[0] < 2:
+            continue
+        score = sum(c == counts[0] for c in counts) / len(counts)
+        if score > best_score:
+            best, best_score = sep, score
+    if best is None:
+        shown = ", ".join(repr(s) for s in SEPARATORS)
+        raise RecallError(f"cannot tell the separator of '{path}': none of {shown} splits its header and most "
+                          "of its first lines into the same 2 or more fields; pass it, e.g. -o sep=';'")
+    return best
 
 
 def _field_pattern(sep: str) -> str:
     """Regex matching one field preceded by its separator: quoted (with "" inside) or plain."""
     s = f"\\x{{{ord(sep):X}}}"
-    return f'{s}(?:"(?:[^"]|"")*"|[^{s}]*)'
+    # An unquoted field may hold quotes but not start with one: a quote that
+    # opens a field and never closes (a value with a line break) is then text
+    # no match covers, which marks the line malformed.
+    return f'{s}(?:"(?:[^"]|"")*"|(?:[^"{s}][^{s}]*)?)'
 
 
 def _fields(sep: str, width: int, quoted: bool) -> tuple[list[pl.Expr], pl.Expr, pl.Expr]:
