@@ -84,3 +84,66 @@ def write_ml_latest(folder: Path, *, tags: bool = True) -> Path:
 
 ML_WRITERS = {"ml-100k": write_ml100k, "ml-1m": write_ml1m, "ml-10m": write_ml10m, "ml-latest": write_ml_latest}
 OCCUPATION_NAMES = ML1M_OCCUPATIONS
+
+
+# --------------------------------------------------------------------------- RetailRocket (Kaggle)
+
+T_MS = 1433221332117  # a real first timestamp of events.csv, in ms
+# timestamp (ms), visitor, event, item, transaction id
+RR_EVENTS = [
+    (T_MS, 257597, "view", 355908, None),
+    (T_MS + 1_000, 992329, "view", 248676, None),
+    (T_MS + 60_000, 257597, "addtocart", 355908, None),
+    (T_MS + 120_000, 257597, "transaction", 355908, 4000),
+    (T_MS + 7 * 86_400_000, 992329, "view", 355908, None),  # after the item moved to category 2
+    (T_MS + 8 * 86_400_000, 111016, "view", 999999, None),  # an item without properties
+]
+# timestamp (ms), item, property, value: weekly snapshots; most values are hashed text
+RR_PROPERTIES = [
+    (T_MS - 86_400_000, 355908, "categoryid", "1338"),
+    (T_MS - 86_400_000, 355908, "888", "1116713 960601 n277.200"),
+    (T_MS + 5 * 86_400_000, 355908, "categoryid", "1000"),  # re-categorised
+    (T_MS + 2 * 86_400_000, 248676, "categoryid", "491"),  # known only after its first event
+    (T_MS, 248676, "available", "1"),
+    (T_MS, 248676, "790", "n15360.000"),
+]
+RR_TREE = [(1338, 1000), (1000, 250), (250, None), (491, None)]
+
+
+def write_retailrocket(folder: Path, *, split_properties: bool = True) -> Path:
+    _write(folder / "events.csv", ["timestamp,visitorid,event,itemid,transactionid"]
+           + [f"{t},{v},{e},{i},{'' if x is None else x}" for t, v, e, i, x in RR_EVENTS])
+    rows = [f"{t},{i},{p},{v}" for t, i, p, v in RR_PROPERTIES]
+    halves = [rows[:3], rows[3:]] if split_properties else [rows]
+    for n, half in enumerate(halves, 1):
+        _write(folder / f"item_properties_part{n}.csv", ["timestamp,itemid,property,value"] + half)
+    _write(folder / "category_tree.csv", ["categoryid,parentid"]
+           + [f"{c},{'' if p is None else p}" for c, p in RR_TREE])
+    return folder
+
+
+# --------------------------------------------------------------------------- Tianchi display-ad clicks
+
+# user, time_stamp, adgroup_id, pid, nonclk, clk
+TC_SAMPLE = [(581738, 1494137644, 1, "430548_1007", 1, 0), (449818, 1494638778, 3, "430548_1007", 1, 0),
+             (914836, 1494650879, 4, "430548_1007", 1, 0), (914836, 1494651029, 5, "430539_1007", 0, 1),
+             (581738, 1494137644, 5, "430539_1007", 0, 1)]
+# adgroup_id, cate_id, campaign_id, customer, brand, price
+TC_ADS = [(1, 6406, 83237, 1, "95471", 170.0), (3, 1489, 109256, 2, "NULL", 8.0), (4, 6406, 3, 3, "3", 1.5),
+          (5, 4520, 387991, 6, "NULL", 990.0)]
+# userid, cms_segid, cms_group_id, final_gender_code, age_level, pvalue_level, shopping_level, occupation,
+# new_user_class_level (empty where unknown, as in the real file)
+TC_PROFILE = [(581738, 0, 7, 2, 2, "", 3, 0, "3"), (449818, 0, 2, 1, 2, "1", 3, 0, ""),
+              (914836, 0, 8, 2, 2, "2", 3, 0, "2")]
+
+
+def write_tianchi(folder: Path) -> Path:
+    _write(folder / "raw_sample.csv", ["user,time_stamp,adgroup_id,pid,nonclk,clk"]
+           + [",".join(map(str, row)) for row in TC_SAMPLE])
+    _write(folder / "ad_feature.csv", ["adgroup_id,cate_id,campaign_id,customer,brand,price"]
+           + [",".join(map(str, row)) for row in TC_ADS])
+    # The published header ends in a space: 'new_user_class_level '.
+    _write(folder / "user_profile.csv", ["userid,cms_segid,cms_group_id,final_gender_code,age_level,pvalue_level,"
+                                         "shopping_level,occupation,new_user_class_level "]
+           + [",".join(map(str, row)) for row in TC_PROFILE])
+    return folder

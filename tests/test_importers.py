@@ -24,7 +24,19 @@ from recall.importers import (
     run_importer,
 )
 from tests.conftest import shared_dataset
-from tests.formats import ML_MOVIES, ML_RATINGS, ML_WRITERS, write_ml1m, write_ml100k, write_ml_latest
+from tests.formats import (
+    ML_MOVIES,
+    ML_RATINGS,
+    ML_WRITERS,
+    RR_EVENTS,
+    T_MS,
+    TC_SAMPLE,
+    write_ml1m,
+    write_ml100k,
+    write_ml_latest,
+    write_retailrocket,
+    write_tianchi,
+)
 
 TAOBAO_COUNTS = {"click": 3926, "fav": 128, "buy": 77, "cart": 190}
 
@@ -38,7 +50,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_registry_names_and_help():
-    assert set(IMPORTERS) == {"taobao", "movielens", "generic"}
+    assert set(IMPORTERS) == {"taobao", "movielens", "retailrocket", "tianchi-ads", "generic"}
     assert set(IMPORTER_HELP) == set(IMPORTERS)
     assert all(isinstance(h, str) and h and "\n" not in h for h in IMPORTER_HELP.values())
     assert importer_options("movielens") == ["click_threshold", "fav_threshold", "on_bad_lines"]
@@ -648,3 +660,82 @@ def test_generic_on_bad_lines_skip_counts_and_records(tmp_path):
                                "more fields than expected": 1, "unbalanced quotes": 1}
     with pytest.raises(RecallError, match="on_bad_lines must be 'error'"):
         run_importer("generic", path, on_bad_lines="drop")
+
+
+# --------------------------------------------------------------------------- RetailRocket
+
+
+def test_retailrocket_events_categories_as_of_each_event(tmp_path):
+    data = IMPORTERS["retailrocket"](write_retailrocket(tmp_path))
+    ev = data.events
+    assert ev.columns == [S.USER, S.ITEM, S.BEHAVIOR, S.TS, "transaction_id", S.CATEGORY]
+    assert ev.select(S.USER, S.ITEM, pl.col(S.BEHAVIOR).cast(pl.String), S.TS, "transaction_id").rows() == [
+        (v, i, {"view": "click", "addtocart": "cart", "transaction": "buy"}[e], t // 1000, x)
+        for t, v, e, i, x in RR_EVENTS]
+    # 1338 until the item moved to 1000 on day 5; 248676's only value (491) is known from day 2,
+    # after its event, so that first value stands in; item 999999 has no properties.
+    assert ev[S.CATEGORY].to_list() == [1338, 491, 1338, 1338, 1000, None]
+    items = data.items
+    assert items.rows() == [(248676, 491, None, [491]), (355908, 1000, 250, [250, 1000])]
+    assert items.columns == [S.ITEM, S.CATEGORY, "parent_category_id", "category_path"]
+
+
+def test_retailrocket_without_side_files_and_from_the_file(tmp_path):
+    folder = write_retailrocket(tmp_path)
+    for name in ("item_properties_part1.csv", "item_properties_part2.csv", "category_tree.csv"):
+        (folder / name).unlink()
+    data = IMPORTERS["retailrocket"](folder / "events.csv")
+    assert data.items is None and S.CATEGORY not in data.events.columns
+    assert data.events.height == len(RR_EVENTS)
+
+
+def test_retailrocket_bad_lines_and_unknown_event(tmp_path):
+    folder = write_retailrocket(tmp_path)
+    with open(folder / "events.csv", "a") as fh:
+        fh.write(f"{T_MS},1,like,2,\n{T_MS},1,view\n")
+    with pytest.raises(RecallError, match=r"column 'event' in '.*events\.csv' has unknown value\(s\) \['like'\] "
+                                          r"\(first on line 8"):
+        IMPORTERS["retailrocket"](folder)
+    plan = IMPORTERS["retailrocket"].plan(folder, on_bad_lines="skip")
+    assert [(s.path.name, s.count, s.first_lines) for s in plan.skipped] == [("events.csv", 2, [8, 9])]
+    with pytest.raises(RecallError, match=r"item_properties_part1\.csv' starts with 'timestamp,itemid,property,"
+                                          r"value', not the header 'timestamp,visitorid,event"):
+        IMPORTERS["retailrocket"](folder / "item_properties_part1.csv")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecallError, match=r"no 'events\.csv' in folder '.*empty' \(CSV files there: none\)"):
+        IMPORTERS["retailrocket"](tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- Tianchi display-ad clicks
+
+
+def test_tianchi_impressions_clicks_and_tables(tmp_path):
+    data = IMPORTERS["tianchi-ads"](write_tianchi(tmp_path))
+    ev = data.events
+    counts = Counter(ev[S.BEHAVIOR].cast(pl.String).to_list())
+    assert counts == {"impression": len(TC_SAMPLE), "click": sum(row[-1] for row in TC_SAMPLE)}
+    first = ev.filter(pl.col(S.TS) == 1494137644).select(S.ITEM, pl.col(S.BEHAVIOR).cast(pl.String), "pid")
+    assert first.rows() == [(1, "impression", "430548_1007"), (5, "impression", "430539_1007"),
+                            (5, "click", "430539_1007")]
+    items = data.items.sort(S.ITEM)
+    assert items.select(S.ITEM, S.CATEGORY, S.BRAND, "price").rows() == [
+        (1, 6406, 95471, 170.0), (3, 1489, None, 8.0), (4, 6406, 3, 1.5), (5, 4520, None, 990.0)]
+    users = data.users.sort(S.USER)
+    assert users.select(S.USER, "gender", "age_band", "city", "pvalue_level").rows() == [
+        (449818, "M", "2", None, 1), (581738, "F", "2", "3", None), (914836, "F", "2", "2", 2)]
+
+
+def test_tianchi_users_carry_the_crowd_attributes(tmp_path):
+    from recall.channels.crowd import CrowdParams
+
+    users = IMPORTERS["tianchi-ads"](write_tianchi(tmp_path)).users
+    assert set(CrowdParams().attributes) <= set(users.columns)
+
+
+def test_tianchi_bad_click_flag(tmp_path):
+    folder = write_tianchi(tmp_path)
+    with open(folder / "raw_sample.csv", "a") as fh:
+        fh.write("1,1494137644,1,430548_1007,1,2\n")
+    with pytest.raises(RecallError, match=r"column 'clk'.*\['2'\].*line 7.*clk is 1 for a click"):
+        IMPORTERS["tianchi-ads"](folder)
+    assert IMPORTERS["tianchi-ads"](folder, on_bad_lines="skip").events.height == 7

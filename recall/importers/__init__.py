@@ -27,7 +27,9 @@ from recall.errors import RecallError
 from recall.importers.generic import plan_generic
 from recall.importers.movielens import plan_movielens
 from recall.importers.plan import ImportReport, Plan, to_dataset, write_plan
+from recall.importers.retailrocket import plan_retailrocket
 from recall.importers.taobao import plan_taobao
+from recall.importers.tianchi import plan_tianchi_ads
 from recall.importers.text import READ_ERRORS, first_line_of
 from recall.io import Dataset
 
@@ -64,6 +66,11 @@ IMPORTERS: dict[str, Importer] = {
     "movielens": Importer(plan_movielens, "MovieLens as GroupLens ships it (ml-100k, ml-1m, ml-10m, "
                                           "ml-latest, 20m/25m/32m) or RecBole atomic files: ratings -> "
                                           "behaviours by click_threshold / fav_threshold; genres, year, users."),
+    "retailrocket": Importer(plan_retailrocket, "RetailRocket events.csv (+ item_properties_part*.csv, "
+                                                "category_tree.csv): view->click, addtocart->cart, "
+                                                "transaction->buy; categories as of each event."),
+    "tianchi-ads": Importer(plan_tianchi_ads, "Taobao display-ad clicks (Tianchi raw_sample.csv, ad_feature.csv, "
+                                              "user_profile.csv): impressions and clicks; gender, age_band, city."),
     "generic": Importer(plan_generic, "Any CSV/Parquet event log via user_col, item_col, ts_col, behavior_col, "
                                       "behavior_map or rating_col, ts_unit, list_cols, sep."),
 }

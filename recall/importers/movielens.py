@@ -36,19 +36,8 @@ from recall.errors import RecallError
 from recall.importers.common import age_band, map_values, rating_events, thresholds
 from recall.importers.plan import Plan
 from recall.importers.recbole import plan_recbole
-from recall.importers.text import (
-    LINE,
-    Skipped,
-    check_lines,
-    check_on_bad_lines,
-    complete,
-    decode_text,
-    existing,
-    head_lines,
-    integers,
-    numbers,
-    read_text,
-)
+from recall.importers.layout import TextFile, read_file
+from recall.importers.text import Skipped, check_on_bad_lines, existing
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary",
                  "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller",
@@ -58,28 +47,12 @@ ML1M_OCCUPATIONS = ("other", "academic/educator", "artist", "clerical/admin", "c
                     "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
                     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer")
 NO_GENRES = "(no genres listed)"
+ML = "MovieLens"
 MAX_TAGS = 20  # tags kept per movie, the most used first
 RATINGS = ("user_id", "item_id", "rating", "timestamp")
 TAGS = ("user_id", "item_id", "tag", "timestamp")
 # "Toy Story (1995)": the year closes the title.
 YEAR_SUFFIX = r"\s*\((\d{4})\)\s*$"
-
-
-@dataclass(frozen=True)
-class TextFile:
-    """One file of a layout: name, separator, field names, header line or not."""
-
-    name: str
-    sep: str
-    columns: tuple[str, ...]
-    header: tuple[str, ...] = ()  # the header line's names, when the file has one
-    quoted: bool = False
-    small: bool = False  # read into memory and decoded (Latin-1 if not UTF-8)
-
-    def layout(self) -> str:
-        sep = {"\t": "tab", "::": "'::'", ",": "comma", "|": "'|'"}[self.sep]
-        head = f", header {','.join(self.header)}" if self.header else ", no header"
-        return f"MovieLens {self.name}: {sep}-separated {', '.join(self.columns)}{head}"
 
 
 @dataclass(frozen=True)
@@ -136,23 +109,23 @@ def _ml1m_users(users: pl.LazyFrame) -> pl.LazyFrame:
 ML100K_ITEM = ("item_id", "title", "release_date", "video_release_date", "imdb_url", *ML100K_GENRES)
 LAYOUTS = (
     Layout("ml-100k",
-           ratings=TextFile("u.data", "\t", RATINGS),
-           movies=TextFile("u.item", "|", ML100K_ITEM, small=True), movie_table=_ml100k_movies,
-           users=TextFile("u.user", "|", ("user_id", "age", "gender", "occupation", "zip_code"), small=True),
+           ratings=TextFile(ML, "u.data", "\t", RATINGS),
+           movies=TextFile(ML, "u.item", "|", ML100K_ITEM, small=True), movie_table=_ml100k_movies,
+           users=TextFile(ML, "u.user", "|", ("user_id", "age", "gender", "occupation", "zip_code"), small=True),
            user_table=_ml100k_users),
     Layout("ml-1m/ml-10m",
-           ratings=TextFile("ratings.dat", "::", RATINGS),
-           movies=TextFile("movies.dat", "::", ("item_id", "title", "genres"), small=True),
+           ratings=TextFile(ML, "ratings.dat", "::", RATINGS),
+           movies=TextFile(ML, "movies.dat", "::", ("item_id", "title", "genres"), small=True),
            movie_table=_dat_csv_movies,
-           users=TextFile("users.dat", "::", ("user_id", "gender", "age", "occupation", "zip_code"), small=True),
+           users=TextFile(ML, "users.dat", "::", ("user_id", "gender", "age", "occupation", "zip_code"), small=True),
            user_table=_ml1m_users,
-           tags=TextFile("tags.dat", "::", TAGS)),
+           tags=TextFile(ML, "tags.dat", "::", TAGS)),
     Layout("ml-latest/ml-20m/ml-25m/ml-32m",
-           ratings=TextFile("ratings.csv", ",", RATINGS, header=("userId", "movieId", "rating", "timestamp")),
-           movies=TextFile("movies.csv", ",", ("item_id", "title", "genres"), header=("movieId", "title", "genres"),
+           ratings=TextFile(ML, "ratings.csv", ",", RATINGS, header=("userId", "movieId", "rating", "timestamp")),
+           movies=TextFile(ML, "movies.csv", ",", ("item_id", "title", "genres"), header=("movieId", "title", "genres"),
                            quoted=True, small=True),
            movie_table=_dat_csv_movies,
-           tags=TextFile("tags.csv", ",", TAGS, header=("userId", "movieId", "tag", "timestamp"), quoted=True)),
+           tags=TextFile(ML, "tags.csv", ",", TAGS, header=("userId", "movieId", "tag", "timestamp"), quoted=True)),
 )
 
 
@@ -161,20 +134,8 @@ LAYOUTS = (
 
 def _read(folder: Path, spec: TextFile, required: tuple[str, ...], ints: tuple[str, ...],
           on_bad_lines: str, skipped: list[Skipped], floats: tuple[str, ...] = ()) -> pl.LazyFrame:
-    """Scan and check one file of a layout: String fields, ``ints`` / ``floats`` cast once checked."""
-    path = folder / spec.name
-    source = decode_text(path) if spec.small else path
-    if spec.header:
-        found = [f.strip() for line in head_lines(source, path, limit=1) for f in line.split(spec.sep)]
-        if [f.lower() for f in found] != [h.lower() for h in spec.header]:
-            raise RecallError(f"'{path}' starts with {','.join(found) or 'nothing'!r}, not the header "
-                              f"{','.join(spec.header)!r} of {spec.layout()}; is it a MovieLens file?")
-    table = read_text(source, path=path, sep=spec.sep, layout=spec.layout(), header=bool(spec.header),
-                      columns=spec.columns, quoted=spec.quoted)
-    rows, dropped = check_lines(table, [*complete(required), *integers(ints), *numbers(floats)], on_bad_lines)
-    skipped.extend(d for d in (dropped,) if d)
-    return rows.drop(LINE).with_columns([pl.col(c).cast(pl.Int64) for c in ints]
-                                        + [pl.col(c).cast(pl.Float64) for c in floats])
+    return read_file(folder / spec.name, spec, on_bad_lines=on_bad_lines, skipped=skipped, required=required,
+                     ints=ints, floats=floats)
 
 
 def _tags(tags: pl.LazyFrame) -> pl.LazyFrame:

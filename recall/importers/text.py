@@ -90,6 +90,17 @@ class TextTable:
     quoted: bool
     unit: str = "line"  # what LINE counts: lines of a text file, rows of a Parquet file
 
+    def where(self, keep: pl.Expr) -> TextTable:
+        """Only the lines where ``keep`` holds are checked and read (their numbers unchanged)."""
+        return dataclasses.replace(self, frame=self.frame.filter(keep))
+
+    def with_nulls(self, markers: Sequence[str]) -> TextTable:
+        """Fields equal to one of ``markers`` (e.g. ``NULL``) read as missing values."""
+        if not markers:
+            return self
+        fields = [pl.when(~pl.col(c).is_in(list(markers))).then(pl.col(c)).alias(c) for c in self.columns]
+        return dataclasses.replace(self, frame=self.frame.with_columns(fields))
+
     def renamed(self, mapping: dict[str, str]) -> TextTable:
         """The same table with fields renamed (e.g. a header's ``name:type`` to ``name``)."""
         mapping = {old: new for old, new in mapping.items() if old != new}
@@ -170,9 +181,15 @@ def _field_pattern(sep: str) -> str:
     return f'{s}(?:"(?:[^"]|"")*"|(?:[^"{s}][^{s}]*)?)'
 
 
-def _fields(sep: str, width: int, quoted: bool) -> tuple[list[pl.Expr], pl.Expr, pl.Expr]:
-    """Expressions for the ``width`` fields of :data:`RAW`, the overflow flag and the malformed flag."""
+def _fields(sep: str, width: int, quoted: bool, rest: bool) -> tuple[list[pl.Expr], pl.Expr, pl.Expr]:
+    """Expressions for the ``width`` fields of :data:`RAW`, the overflow flag and the malformed flag.
+
+    With ``rest`` the last field is the rest of the line, separators included.
+    """
     raw = pl.col(RAW)
+    if rest:
+        parts = raw.str.splitn(sep, width)
+        return [parts.struct[i] for i in range(width)], pl.lit(False), pl.lit(False)
     if not quoted:
         parts = raw.str.splitn(sep, width + 1)
         fields = [parts.struct[i] for i in range(width)]
@@ -192,7 +209,7 @@ def _fields(sep: str, width: int, quoted: bool) -> tuple[list[pl.Expr], pl.Expr,
 
 
 def read_text(source: Path | bytes, *, path: Path, sep: str, layout: str, header: bool,
-              columns: Sequence[str] | None = None, quoted: bool = False) -> TextTable:
+              columns: Sequence[str] | None = None, quoted: bool = False, rest: bool = False) -> TextTable:
     """Scan a delimited text file lazily.
 
     Parameters
@@ -211,6 +228,9 @@ def read_text(source: Path | bytes, *, path: Path, sep: str, layout: str, header
         Field names; None takes them from the header.
     quoted
         Whether fields may be quoted with ``"`` (slower: a regular expression per line).
+    rest
+        The last field takes the rest of the line, separators and all (a free-text
+        value at the end of an unquoted layout); no line then has too many fields.
     """
     lines = head_lines(source, path)
     if not lines:
@@ -228,7 +248,7 @@ def read_text(source: Path | bytes, *, path: Path, sep: str, layout: str, header
                            infer_schema=False, raise_if_empty=False, glob=False)
     except READ_ERRORS as exc:
         raise RecallError(f"cannot read '{path}' ({first_line_of(exc)}); expected a UTF-8 text file: {layout}") from exc
-    fields, overflow, malformed = _fields(sep, len(columns), quoted)
+    fields, overflow, malformed = _fields(sep, len(columns), quoted and not rest, rest)
     frame = (
         scan.with_row_index(LINE, offset=1)
         .with_columns(pl.col(RAW).str.strip_prefix(_UTF8_BOM))
