@@ -98,25 +98,33 @@ def _rows(path: Path) -> int:
     return pl.scan_parquet(path).select(pl.len()).collect().item()
 
 
-def _sink_events(plan: Plan, sides: dict[str, pl.DataFrame], out: Path) -> tuple[Path, int]:
-    """Stream the events into ``out/events.parquet``; return it and the duplicates dropped.
+def _stage(plan: Plan, staged: dict[str, Path]) -> None:
+    """Sink every table of the plan to its temporary Parquet file in ``staged``, in one pass.
 
-    The plan is sunk once as it comes; the normalisation (whose checks need a
-    statistics pass) then reads that file instead of parsing the source again.
+    The sinks run together so that tables drawn from one source file (Taobao's
+    items come from the events' lines) share a single scan of it.
     """
-    source = plan.files["events"]
-    raw, final = _tmp(out, "events.raw"), _tmp(out, "events")
+    tables = {"events": plan.events, **plan.side_tables()}
+    pl.collect_all([frame.sink_parquet(staged[name], lazy=True) for name, frame in tables.items()],
+                   engine="streaming")
+
+
+def _sink_events(plan: Plan, staged: Path, sides: dict[str, pl.DataFrame], out: Path) -> tuple[Path, int]:
+    """Normalise the staged events into ``out/events.parquet``; return it and the duplicates dropped.
+
+    The normalisation (whose checks need a statistics pass) reads the staged
+    Parquet file, not the source again.
+    """
+    source, final = plan.files["events"], _tmp(out, "events")
     try:
-        plan.events.sink_parquet(raw)
-        events = normalise_events(pl.scan_parquet(raw), source)
+        events = normalise_events(pl.scan_parquet(staged), source)
         # Only schemas are compared, so an empty frame of the events' schema stands in for them.
         check_id_types(Dataset(events=pl.DataFrame(schema=events.collect_schema()), files=plan.files, **sides))
         events.sink_parquet(final)
-        duplicates = _rows(raw) - _rows(final)
+        duplicates = _rows(staged) - _rows(final)
         path = out / "events.parquet"
         os.replace(final, path)
     finally:
-        raw.unlink(missing_ok=True)
         final.unlink(missing_ok=True)
     if duplicates:
         log.warning("'%s': dropped %d exact duplicate event row(s)", source, duplicates)
@@ -140,8 +148,8 @@ def _remove_stale(out: Path, written: dict[str, Path]) -> None:
 def write_plan(plan: Plan, out: str | Path, *, fmt: str, src: Path, options: dict[str, Any]) -> ImportReport:
     """Stream a plan into the data folder ``out`` (created) and record ``import.json``.
 
-    The side tables are normalised first (they are small, and a mistake there
-    should stop the import before the long part).
+    Every table is staged to Parquet in one streaming pass; the side tables (one
+    row per item or user) are then normalised in memory, the events lazily.
     """
     from recall.publish import write_parquet_atomic
 
@@ -149,8 +157,15 @@ def write_plan(plan: Plan, out: str | Path, *, fmt: str, src: Path, options: dic
     if out.exists() and not out.is_dir():
         raise RecallError(f"--out '{out}' is a file; pass a folder to write the tables into")
     out.mkdir(parents=True, exist_ok=True)
-    sides = _side_frames(plan)
-    events_path, duplicates = _sink_events(plan, sides, out)
+    staged = {name: _tmp(out, f"{name}.raw") for name in ("events", *plan.side_tables())}
+    try:
+        _stage(plan, staged)
+        sides = {name: SIDE_TABLES[name](pl.read_parquet(staged[name]), plan.files[name])
+                 for name in plan.side_tables()}
+        events_path, duplicates = _sink_events(plan, staged["events"], sides, out)
+    finally:
+        for path in staged.values():
+            path.unlink(missing_ok=True)
     events = pl.scan_parquet(events_path)
     written = {"events": events_path}
     for name, frame in sides.items():

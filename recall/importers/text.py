@@ -181,31 +181,37 @@ def _field_pattern(sep: str) -> str:
     return f'{s}(?:"(?:[^"]|"")*"|(?:[^"{s}][^{s}]*)?)'
 
 
-def _fields(sep: str, width: int, quoted: bool, rest: bool) -> tuple[list[pl.Expr], pl.Expr, pl.Expr]:
-    """Expressions for the ``width`` fields of :data:`RAW`, the overflow flag and the malformed flag.
+def _split(frame: pl.LazyFrame, sep: str, columns: tuple[str, ...], quoted: bool, rest: bool) -> pl.LazyFrame:
+    """:data:`LINE`, :data:`RAW`, the fields of each line and its overflow / malformed flags.
 
-    With ``rest`` the last field is the rest of the line, separators included.
+    The split runs once per line: its parts are unnested into columns before
+    anything reads them (a struct field read per column would split each line
+    again for every field). With ``rest`` the last field is the rest of the line.
     """
-    raw = pl.col(RAW)
-    if rest:
-        parts = raw.str.splitn(sep, width)
-        return [parts.struct[i] for i in range(width)], pl.lit(False), pl.lit(False)
-    if not quoted:
-        parts = raw.str.splitn(sep, width + 1)
-        fields = [parts.struct[i] for i in range(width)]
-        return fields, parts.struct[width].is_not_null(), pl.lit(False)
+    raw, width = pl.col(RAW), len(columns)
+    temp = [f"__recall_field_{i}__" for i in range(width + 1)]
+    if rest or not quoted:
+        n = width if rest else width + 1
+        parts = raw.str.splitn(sep, n).struct.rename_fields(temp[:n])
+        overflow = pl.lit(False) if rest else pl.col(temp[width]).is_not_null()
+        return frame.select(LINE, RAW, parts.struct.unnest()).select(
+            LINE, RAW, *[pl.col(t).alias(c) for t, c in zip(temp, columns)],
+            overflow.alias(_OVERFLOW), pl.lit(False).alias(_MALFORMED))
     # Each field is matched with the separator before it (one is put in front of
     # the line), so an empty first field is still a match of its own.
     matches = (pl.lit(sep) + raw).str.extract_all(_field_pattern(sep))
+    frame = frame.select(LINE, RAW, matches.alias(temp[width]))
+    matches = pl.col(temp[width])
     fields = []
-    for i in range(width):
+    for i, column in enumerate(columns):
         value = matches.list.get(i, null_on_oob=True).str.slice(len(sep))
         unquoted = value.str.slice(1, value.str.len_chars() - 2).str.replace_all('""', '"', literal=True)
-        fields.append(pl.when(value.str.starts_with('"') & value.str.ends_with('"') & (value.str.len_chars() > 1))
-                      .then(unquoted).otherwise(value))
+        enclosed = value.str.starts_with('"') & value.str.ends_with('"') & (value.str.len_chars() > 1)
+        fields.append(pl.when(enclosed).then(unquoted).otherwise(value).alias(column))
     # Text the pattern could not place (a quote closed in mid-field) is lost between matches.
     matched = matches.list.eval(pl.element().str.len_bytes()).list.sum()
-    return fields, matches.list.len() > width, matched != raw.str.len_bytes() + len(sep)
+    return frame.select(LINE, RAW, *fields, (matches.list.len() > width).alias(_OVERFLOW),
+                        (matched != raw.str.len_bytes() + len(sep)).alias(_MALFORMED))
 
 
 def read_text(source: Path | bytes, *, path: Path, sep: str, layout: str, header: bool,
@@ -248,15 +254,14 @@ def read_text(source: Path | bytes, *, path: Path, sep: str, layout: str, header
                            infer_schema=False, raise_if_empty=False, glob=False)
     except READ_ERRORS as exc:
         raise RecallError(f"cannot read '{path}' ({first_line_of(exc)}); expected a UTF-8 text file: {layout}") from exc
-    fields, overflow, malformed = _fields(sep, len(columns), quoted and not rest, rest)
-    frame = (
+    lines = (
         scan.with_row_index(LINE, offset=1)
         .with_columns(pl.col(RAW).str.strip_prefix(_UTF8_BOM))
         # Blank lines (e.g. a trailing empty line) are not data.
         .filter(pl.col(RAW).str.strip_chars().str.len_bytes() > 0)
-        .select(LINE, RAW, *[_blank_is_null(f.str.strip_chars()).alias(c) for f, c in zip(fields, columns)],
-                overflow.alias(_OVERFLOW), malformed.alias(_MALFORMED))
     )
+    frame = _split(lines, sep, columns, quoted and not rest, rest).with_columns(
+        _blank_is_null(pl.col(c).str.strip_chars()).alias(c) for c in columns)
     if header:
         frame = frame.filter(pl.col(LINE) > _header_line(source))
     return TextTable(path=path, columns=columns, frame=frame, layout=layout, quoted=quoted)
@@ -424,11 +429,13 @@ def check_lines(table: TextTable, rules: Sequence[Rule], on_bad_lines: str) -> t
     rules = [*_shape_rules(table), *rules]
     frame = table.frame
     any_bad = pl.any_horizontal([r.bad for r in rules])
+    line_if = lambda bad: pl.when(bad).then(pl.col(LINE))  # noqa: E731 - faster than filter() here
     stats = collect(frame.select(
         pl.len().alias("rows"),
         any_bad.sum().alias("bad"),
+        line_if(any_bad).drop_nulls().bottom_k(SHOWN_LINES).sort().implode().alias("first_bad"),
         *[r.bad.sum().alias(f"n{i}") for i, r in enumerate(rules)],
-        *[pl.col(LINE).filter(r.bad).min().alias(f"first{i}") for i, r in enumerate(rules)],
+        *[line_if(r.bad).min().alias(f"first{i}") for i, r in enumerate(rules)],
     ), table).row(0, named=True)
     if stats["rows"] == 0:
         raise RecallError(f"'{table.path}' has no data {table.unit}s (a header at most); expected {table.layout}")
@@ -441,8 +448,7 @@ def check_lines(table: TextTable, rules: Sequence[Rule], on_bad_lines: str) -> t
     if stats["bad"] == stats["rows"]:
         raise RecallError(f"every data {table.unit} of '{table.path}' is bad ({stats['bad']}); "
                           f"expected {table.layout}")
-    first = collect(frame.filter(any_bad).select(LINE).head(SHOWN_LINES), table)[LINE]
-    skipped = Skipped(path=table.path, count=stats["bad"], first_lines=first.to_list(),
+    skipped = Skipped(path=table.path, count=stats["bad"], first_lines=stats["first_bad"],
                       reasons={rules[i].reason: stats[f"n{i}"] for _, i in sorted(broken)}, unit=table.unit)
     log.warning("%s", skipped.describe())
     return frame.filter(~any_bad).select(LINE, *table.columns), skipped
