@@ -233,8 +233,12 @@ def _typed(frame: pl.LazyFrame, kinds: dict[str, str], table: TextTable) -> pl.L
 
 
 def _split_lists(frame: pl.LazyFrame, columns: Sequence[str], sep: str) -> pl.LazyFrame:
-    """Text columns holding ``a|b|c`` as List[String] (items stripped, empty ones dropped)."""
-    present = [c for c in columns if c in frame.collect_schema().names()]
+    """Text columns holding ``a|b|c`` as List[String] (items stripped, empty ones dropped).
+
+    A column that already is a list (from Parquet) is left as it is.
+    """
+    schema = frame.collect_schema()
+    present = [c for c in columns if c in schema and not isinstance(schema[c], pl.List)]
     if not present:
         return frame
     items = pl.element().str.strip_chars()
