@@ -739,3 +739,48 @@ def test_tianchi_bad_click_flag(tmp_path):
     with pytest.raises(RecallError, match=r"column 'clk'.*\['2'\].*line 7.*clk is 1 for a click"):
         IMPORTERS["tianchi-ads"](folder)
     assert IMPORTERS["tianchi-ads"](folder, on_bad_lines="skip").events.height == 7
+
+
+# --------------------------------------------------------------------------- the text reader against csv
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.text(alphabet=st.sampled_from('ab ,";|\t'), max_size=8), min_size=1, max_size=12),
+       st.sampled_from([",", ";", "\t", "|"]))
+def test_quoted_fields_match_the_csv_module(tmp_path, values, sep):
+    """Any value (separators, quotes, spaces inside) written by Python's csv module reads back the same."""
+    path = tmp_path / "q.csv"
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter=sep, lineterminator="\n")
+        writer.writerow(["user_id", "item_id", "ts", "text"])
+        writer.writerows([[1, i, 1_700_000_000 + i, "t" + v] for i, v in enumerate(values)])
+    data = run_importer("generic", path, sep=sep)
+    # Surrounding spaces are never meaningful in these formats: the reader strips them.
+    assert data.events.sort(S.ITEM)["text"].to_list() == [("t" + v).strip() for v in values]
+
+
+def test_cli_format_help_names_every_importer():
+    from typer.main import get_command
+
+    from recall.cli import app
+
+    command = get_command(app).commands["data"].commands["import"]
+    fmt = next(p for p in command.params if p.name == "fmt")
+    assert all(name in fmt.help for name in IMPORTERS)
+
+
+def test_cli_generic_options_through_the_command_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from recall.cli import app
+
+    src = write(tmp_path / "e.csv", "uid;sku;when;genres\n1;a;1700000000000;x|y\n2;b;1700000001000;\n")
+    result = CliRunner().invoke(app, ["data", "import", "generic", str(src), "--out", str(tmp_path / "out"),
+                                      "-o", "sep=';'", "-o", "user_col=uid", "-o", "item_col=sku",
+                                      "-o", "ts_col=when", "-o", "ts_unit=ms", "-o", "list_cols=genres",
+                                      "-o", "list_sep='|'"])
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    events = pl.read_parquet(tmp_path / "out" / "events.parquet")
+    assert events["genres"].to_list() == [["x", "y"], None] and events[S.TS].to_list() == [1700000000, 1700000001]
+    meta = json.loads((tmp_path / "out" / "import.json").read_text())
+    assert meta["options"]["list_sep"] == "|" and meta["skipped_lines"] == []

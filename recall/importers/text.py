@@ -429,13 +429,12 @@ def check_lines(table: TextTable, rules: Sequence[Rule], on_bad_lines: str) -> t
     rules = [*_shape_rules(table), *rules]
     frame = table.frame
     any_bad = pl.any_horizontal([r.bad for r in rules])
-    line_if = lambda bad: pl.when(bad).then(pl.col(LINE))  # noqa: E731 - faster than filter() here
     stats = collect(frame.select(
         pl.len().alias("rows"),
         any_bad.sum().alias("bad"),
-        line_if(any_bad).drop_nulls().bottom_k(SHOWN_LINES).sort().implode().alias("first_bad"),
+        _line_if(any_bad).drop_nulls().bottom_k(SHOWN_LINES).sort().implode().alias("first_bad"),
         *[r.bad.sum().alias(f"n{i}") for i, r in enumerate(rules)],
-        *[line_if(r.bad).min().alias(f"first{i}") for i, r in enumerate(rules)],
+        *[_line_if(r.bad).min().alias(f"first{i}") for i, r in enumerate(rules)],
     ), table).row(0, named=True)
     if stats["rows"] == 0:
         raise RecallError(f"'{table.path}' has no data {table.unit}s (a header at most); expected {table.layout}")
@@ -452,6 +451,11 @@ def check_lines(table: TextTable, rules: Sequence[Rule], on_bad_lines: str) -> t
                       reasons={rules[i].reason: stats[f"n{i}"] for _, i in sorted(broken)}, unit=table.unit)
     log.warning("%s", skipped.describe())
     return frame.filter(~any_bad).select(LINE, *table.columns), skipped
+
+
+def _line_if(bad: pl.Expr) -> pl.Expr:
+    """The line number where ``bad`` holds, else null (twice as fast as ``filter`` in an aggregate)."""
+    return pl.when(bad).then(pl.col(LINE))
 
 
 def _failure(table: TextTable, rule: Rule, line: int, count: int) -> Failure:
