@@ -784,3 +784,10 @@ def test_cli_generic_options_through_the_command_line(tmp_path):
     assert events["genres"].to_list() == [["x", "y"], None] and events[S.TS].to_list() == [1700000000, 1700000001]
     meta = json.loads((tmp_path / "out" / "import.json").read_text())
     assert meta["options"]["list_sep"] == "|" and meta["skipped_lines"] == []
+
+
+def test_generic_refuses_utf16_with_the_fix(tmp_path):
+    path = tmp_path / "e.csv"
+    path.write_bytes("user_id,item_id,ts\n1,2,100\n".encode("utf-16"))
+    with pytest.raises(RecallError, match=r"e\.csv' is UTF-16 text; re-save it as UTF-8, e\.g\. iconv"):
+        IMPORTERS["generic"](path)
