@@ -222,6 +222,36 @@ def print_summary(result: dict) -> None:
     out.print(f"tables published under [bold]{result['published']}[/]")
 
 
+def _cell(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def summary_table(summary: dict, title: str, skipped: list | None = None) -> Table:
+    """A data summary (:func:`recall.io.summarise`) as a two-column table, behaviours one per row."""
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    for key, value in summary.items():
+        if key == "behaviors":
+            total = max(sum(value.values()), 1)
+            for behavior, count in value.items():
+                table.add_row(f"behavior {behavior}", f"{count:,} ({count / total:.1%})")
+        elif key.endswith("coverage"):
+            table.add_row(key, f"{value:.1%}")
+        elif key in ("ts_min", "ts_max"):
+            when = dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+            table.add_row(key, f"{value} ({when} UTC)")
+        else:
+            table.add_row(key, _cell(value))
+    for record in skipped or []:
+        shown = ", ".join(map(str, record.first_lines)) + (", ..." if record.count > len(record.first_lines) else "")
+        table.add_row(f"skipped {record.unit}s: {record.path.name}",
+                      escape(f"{record.count:,} ({record.unit} {shown})"))
+    return table
+
+
 @command(data_app, "synth")
 def data_synth(
     out_dir: Annotated[Path, typer.Option("--out", help="folder to write events/items/users Parquet into")],
@@ -239,33 +269,31 @@ def data_synth(
 
     dataset = synthesize(users, items, days, seed)
     written = write_dataset(dataset, out_dir)
-    say(summarise(dataset))
+    say(summary_table(summarise(dataset), f"synthetic log: {out_dir}"))
     say(f"wrote {', '.join(str(p) for p in written.values())}")
 
 
 @command(data_app, "import")
 def data_import(
-    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="taobao, movielens or generic")],
+    fmt: Annotated[str, typer.Argument(metavar="FORMAT", help="taobao, movielens, retailrocket, tianchi-ads or generic")],
     src: Annotated[Path, typer.Argument(help="source file or folder")],
-    out_dir: Annotated[Path, typer.Option("--out", help="folder to write the normalised tables into")],
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="importer option key=value (generic: user_col=..., behavior_map={pv='click'})")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write the normalised tables (and import.json) into")],
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="importer option key=value, repeatable, e.g. -o on_bad_lines=skip, -o fav_threshold=4, -o user_col=uid, -o 'behavior_map={pv=\"click\"}' (README lists each importer's options)")] = None,
 ):
     """Import a public dataset or a generic log into the recall data contract.
 
     Example: recall data import movielens ../shared/data/ml-100k --out data/imported/ml-100k
     """
     from recall.config import parse_override
-    from recall.importers import run_importer
-    from recall.io import summarise, write_dataset
+    from recall.importers import import_to_folder
 
     options = {}
     for text in option or []:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
-    dataset = run_importer(fmt, src, **options)
-    written = write_dataset(dataset, out_dir)
-    say(summarise(dataset))
-    say(f"wrote {', '.join(str(p) for p in written.values())}")
+    report = import_to_folder(fmt, src, out_dir, **options)
+    say(summary_table(report.summary, f"imported {fmt}: {src}", report.skipped))
+    say(f"wrote {', '.join(str(p) for p in report.written.values())} and {report.metadata}")
 
 
 @command(data_app, "check")
@@ -279,11 +307,7 @@ def data_check(directory: Annotated[Path, typer.Argument(help="data folder with 
 
     dataset = load_dataset(directory)
     check_id_types(dataset)
-    summary = summarise(dataset)
-    table = Table(title=f"data check: {directory}", show_header=False)
-    for key, value in summary.items():
-        table.add_row(key, str(value))
-    say(table)
+    say(summary_table(summarise(dataset), f"data check: {directory}"))
     shape = Table(title="profile (what `recall init` chooses from)", show_header=False)
     for key, value in profile(dataset).rows():
         shape.add_row(key, value)

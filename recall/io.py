@@ -118,34 +118,33 @@ def _reject_repeated_header(path: Path, frame: pl.DataFrame) -> None:
         )
 
 
-def _require_columns(df: pl.DataFrame, required: tuple[str, ...], path: Path) -> None:
-    missing = [c for c in required if c not in df.columns]
+def _require_columns(columns: list[str], required: tuple[str, ...], path: Path) -> None:
+    missing = [c for c in required if c not in columns]
     if not missing:
         return
     hints = []
     for col in missing:
-        close = [c for c in df.columns if c.lower() in COLUMN_SYNONYMS.get(col, ())]
-        close = close or difflib.get_close_matches(col, df.columns, n=1, cutoff=0.6)
+        close = [c for c in columns if c.lower() in COLUMN_SYNONYMS.get(col, ())]
+        close = close or difflib.get_close_matches(col, columns, n=1, cutoff=0.6)
         if close:
             hints.append(f"rename '{close[0]}' to '{col}'")
     fix = "; ".join(hints) if hints else f"add the column(s) or map them with 'recall data import generic'"
     raise RecallError(
         f"column(s) {', '.join(repr(c) for c in missing)} missing from '{path}' "
-        f"(found: {', '.join(df.columns) or 'none'}); {fix}"
+        f"(found: {', '.join(columns) or 'none'}); {fix}"
     )
 
 
-def _reject_all_null(df: pl.DataFrame, column: str, path: Path) -> None:
+def _reject_all_null(dtype: pl.DataType, height: int, column: str, path: Path) -> None:
     """A column read back with dtype Null holds nothing but nulls: say so, not 'dtype Null'."""
-    if df.schema[column] == pl.Null:
+    if dtype == pl.Null:
         raise RecallError(
-            f"column '{column}' in '{path}' has only null values ({df.height} row(s)); fill it"
+            f"column '{column}' in '{path}' has only null values ({height} row(s)); fill it"
         )
 
 
-def _check_int64_range(df: pl.DataFrame, column: str, path: Path) -> None:
+def _check_int64_range(low, high, column: str, path: Path) -> None:
     """Integer ids past the Int64 range: UInt64 from Parquet, Int128 from CSV (polars infers it past 2^63)."""
-    low, high = df[column].min(), df[column].max()
     if high is not None and high > 2**63 - 1:
         raise RecallError(
             f"column '{column}' in '{path}' holds ids above 2^63-1 (e.g. {high}); store them as strings"
@@ -156,60 +155,99 @@ def _check_int64_range(df: pl.DataFrame, column: str, path: Path) -> None:
         )
 
 
-def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
-    _reject_all_null(df, column, path)
-    dtype = df.schema[column]
+def _is_text(dtype: pl.DataType) -> bool:
+    return dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum)
+
+
+def _ts_seconds(dtype: pl.DataType) -> pl.Expr | None:
+    """``ts`` as (possibly fractional) epoch seconds, or None when its dtype cannot be a time.
+
+    Strings are parsed leniently (null where they are not datetimes) so that the
+    statistics pass can count the failures instead of stopping at the first one.
+    """
+    col = pl.col(S.TS)
+    if dtype == pl.String:
+        col = col.str.to_datetime(strict=False, time_zone="UTC")
+    if dtype == pl.String or isinstance(dtype, pl.Datetime) or dtype == pl.Date:
+        return col.cast(pl.Datetime("us")).dt.epoch("s")
+    if dtype.is_float() or dtype.is_integer():
+        return col
+    return None
+
+
+def _event_stats(frame: pl.LazyFrame, schema: pl.Schema) -> dict:
+    """Everything the checks of :func:`normalise_events` need from the data, in one pass.
+
+    Only statistics that the column's dtype allows are computed; a column of a
+    wrong dtype is refused from the schema alone.
+    """
+    exprs = [pl.len().alias("len")]
+    for column in (S.USER, S.ITEM, S.BEHAVIOR):
+        if column in schema:
+            exprs.append(pl.col(column).null_count().alias(f"{column}.nulls"))
+    for column in (S.USER, S.ITEM):
+        if column in schema and schema[column].is_integer():
+            exprs += [pl.col(column).min().alias(f"{column}.min"), pl.col(column).max().alias(f"{column}.max")]
+    seconds = _ts_seconds(schema[S.TS]) if S.TS in schema else None
+    if seconds is not None:
+        exprs += [seconds.null_count().alias("ts.nulls"), seconds.min().alias("ts.min"),
+                  seconds.max().alias("ts.max"),
+                  (pl.col(S.TS).is_not_null() & seconds.is_null()).sum().alias("ts.unparsed")]
+        if schema[S.TS].is_float():
+            exprs.append((seconds.is_nan() | seconds.is_infinite()).sum().alias("ts.not_finite"))
+    if S.BEHAVIOR in schema and _is_text(schema[S.BEHAVIOR]):
+        behavior = pl.col(S.BEHAVIOR).cast(pl.String)
+        exprs.append((behavior.is_not_null() & ~behavior.is_in(list(S.BEHAVIORS))).sum().alias("behavior.unknown"))
+    return frame.select(exprs).collect(engine="streaming").row(0, named=True)
+
+
+def _id_cast(schema: pl.Schema, stats: dict, column: str, path: Path) -> pl.Expr:
+    """Check id ``column`` and return the expression casting it to Int64 or String."""
+    dtype = schema[column]
+    _reject_all_null(dtype, stats["len"], column, path)
     if dtype.is_integer():
-        _check_int64_range(df, column, path)
-        df = df.with_columns(pl.col(column).cast(pl.Int64))
-    elif dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
-        df = df.with_columns(pl.col(column).cast(pl.String))
+        _check_int64_range(stats[f"{column}.min"], stats[f"{column}.max"], column, path)
+        cast = pl.col(column).cast(pl.Int64)
+    elif _is_text(dtype):
+        cast = pl.col(column).cast(pl.String)
     else:
         raise RecallError(
             f"column '{column}' in '{path}' has dtype {dtype}; ids must be integers or strings "
             f"(cast the column before writing the file, e.g. df['{column}'].astype('int64') in pandas)"
         )
-    nulls = df[column].null_count()
+    nulls = stats[f"{column}.nulls"]
     if nulls:
         raise RecallError(
             f"column '{column}' in '{path}' has {nulls} null value(s); drop or fill those rows"
         )
-    return df
+    return cast
 
 
-def _normalise_ts(df: pl.DataFrame, path: Path) -> pl.DataFrame:
-    _reject_all_null(df, S.TS, path)
-    dtype = df.schema[S.TS]
-    col = pl.col(S.TS)
-    if dtype == pl.String:
-        try:
-            df = df.with_columns(col.str.to_datetime(strict=True, time_zone="UTC"))
-        except pl.exceptions.PolarsError as exc:
-            raise RecallError(
-                f"column 'ts' in '{path}' holds strings that are not datetimes "
-                f"(e.g. {_unparsed_example(df[S.TS])}); use epoch seconds or ISO 8601"
-            ) from exc
-        dtype = df.schema[S.TS]
-    if isinstance(dtype, pl.Datetime) or dtype == pl.Date:
-        df = df.with_columns(col.cast(pl.Datetime("us")).dt.epoch("s").alias(S.TS))
-    elif not (dtype.is_float() or dtype.is_integer()):
+def _ts_cast(frame: pl.LazyFrame, schema: pl.Schema, stats: dict, path: Path) -> pl.Expr:
+    """Check ``ts`` and return the expression giving whole epoch seconds (Int64)."""
+    dtype = schema[S.TS]
+    _reject_all_null(dtype, stats["len"], S.TS, path)
+    if dtype == pl.String and stats["ts.unparsed"]:
+        raise RecallError(
+            f"column 'ts' in '{path}' holds strings that are not datetimes "
+            f"(e.g. {_unparsed_example(frame)}); use epoch seconds or ISO 8601"
+        )
+    seconds = _ts_seconds(dtype)
+    if seconds is None:
         raise RecallError(
             f"column 'ts' in '{path}' has dtype {dtype}; use epoch seconds (integer) or a datetime"
         )
-    ts = df[S.TS]
-    nulls = ts.null_count()
+    nulls = stats["ts.nulls"]
     if nulls:
         raise RecallError(f"column 'ts' in '{path}' has {nulls} null value(s); drop or fill those rows")
-    if ts.dtype.is_float():
-        not_finite = int((ts.is_nan() | ts.is_infinite()).sum())
-        if not_finite:
-            raise RecallError(
-                f"column 'ts' in '{path}' has {not_finite} NaN or infinite value(s); "
-                "drop or fill those rows"
-            )
+    if stats.get("ts.not_finite"):
+        raise RecallError(
+            f"column 'ts' in '{path}' has {stats['ts.not_finite']} NaN or infinite value(s); "
+            "drop or fill those rows"
+        )
     # Range checks run on the values as read, before the cast to Int64, so that
     # huge floats or UInt64 values get this message instead of a cast failure.
-    ts_max, ts_min = ts.max(), ts.min()
+    ts_max, ts_min = stats["ts.max"], stats["ts.min"]
     if ts_max >= S.MAX_EPOCH_SECONDS:
         raise RecallError(
             f"column 'ts' in '{path}' looks like milliseconds (max {ts_max}); "
@@ -220,58 +258,84 @@ def _normalise_ts(df: pl.DataFrame, path: Path) -> pl.DataFrame:
             f"column 'ts' in '{path}' has negative timestamps (min {ts_min}); "
             "use epoch seconds after 1970"
         )
-    return df.with_columns((col.floor() if ts.dtype.is_float() else col).cast(pl.Int64))
+    return (seconds.floor() if dtype.is_float() else seconds).cast(pl.Int64).alias(S.TS)
 
 
-def _unparsed_example(values: pl.Series) -> list:
-    """The first string that does not parse as a datetime (falls back to the first value)."""
-    try:
-        parsed = values.str.to_datetime(strict=False, time_zone="UTC")
-        bad = values.filter(parsed.is_null() & values.is_not_null())
-    except pl.exceptions.PolarsError:
-        bad = values
+def _unparsed_example(frame: pl.LazyFrame) -> list:
+    """The first ``ts`` string that does not parse as a datetime (falls back to the first value)."""
+    values = frame.select(S.TS).collect(engine="streaming").to_series()
+    parsed = values.str.to_datetime(strict=False, time_zone="UTC")
+    bad = values.filter(parsed.is_null() & values.is_not_null())
     return (bad if bad.len() else values).drop_nulls().head(1).to_list()
 
 
-def normalise_events(df: pl.DataFrame, path: Path) -> pl.DataFrame:
-    """Check an events table and return it with the fixed columns and dtypes.
-
-    Exact duplicate rows (same user, item, behaviour and second) are logging
-    double-writes: they are dropped with a warning. Extra columns are kept.
-    """
-    path = Path(path)
-    if df.height == 0:
-        raise RecallError(f"'{path}' has no rows; an events table needs at least one event")
-    _require_columns(df, S.EVENT_COLUMNS, path)
-    df = _normalise_id(df, S.USER, path)
-    df = _normalise_id(df, S.ITEM, path)
-    df = _normalise_ts(df, path)
-    _reject_all_null(df, S.BEHAVIOR, path)
-    behavior = df[S.BEHAVIOR]
-    if behavior.dtype not in (pl.String, pl.Categorical) and not isinstance(behavior.dtype, pl.Enum):
+def _behavior_cast(frame: pl.LazyFrame, schema: pl.Schema, stats: dict, path: Path) -> pl.Expr:
+    """Check ``behavior`` and return the expression casting it to the behaviour Enum."""
+    dtype = schema[S.BEHAVIOR]
+    _reject_all_null(dtype, stats["len"], S.BEHAVIOR, path)
+    if not _is_text(dtype):
         raise RecallError(
-            f"column 'behavior' in '{path}' has dtype {behavior.dtype}; "
+            f"column 'behavior' in '{path}' has dtype {dtype}; "
             f"use strings, one of {', '.join(S.BEHAVIORS)}"
         )
-    behavior = behavior.cast(pl.String)
-    if behavior.null_count():
+    nulls = stats["behavior.nulls"]
+    if nulls:
         raise RecallError(
-            f"column 'behavior' in '{path}' has {behavior.null_count()} null value(s); "
-            "drop or fill those rows"
+            f"column 'behavior' in '{path}' has {nulls} null value(s); drop or fill those rows"
         )
-    unknown = behavior.filter(~behavior.is_in(list(S.BEHAVIORS))).unique().sort().head(5).to_list()
-    if unknown:
+    if stats["behavior.unknown"]:
+        behavior = pl.col(S.BEHAVIOR).cast(pl.String)
+        unknown = (frame.select(behavior).filter(~behavior.is_in(list(S.BEHAVIORS))).unique()
+                   .sort(S.BEHAVIOR).head(5).collect(engine="streaming").to_series().to_list())
         raise RecallError(
             f"column 'behavior' in '{path}' has unknown value(s) {unknown}; allowed: "
             f"{', '.join(S.BEHAVIORS)} (map e.g. pv->click with 'recall data import')"
         )
-    df = df.with_columns(pl.col(S.BEHAVIOR).cast(pl.String).cast(BEHAVIOR_DTYPE))
-    before = df.height
-    df = df.unique(maintain_order=True)
-    if df.height < before:
-        log.warning("'%s': dropped %d exact duplicate event row(s)", path, before - df.height)
+    return pl.col(S.BEHAVIOR).cast(pl.String).cast(BEHAVIOR_DTYPE)
+
+
+def normalise_events(df: pl.DataFrame | pl.LazyFrame, path: Path) -> pl.DataFrame | pl.LazyFrame:
+    """Check an events table and return it with the fixed columns and dtypes.
+
+    Exact duplicate rows (same user, item, behaviour and second) are logging
+    double-writes: they are dropped with a warning. Extra columns are kept.
+
+    A LazyFrame (a large import written straight to Parquet) is checked with one
+    streaming pass of column statistics and comes back lazy, duplicates dropped
+    by the plan; the caller counts them once the rows are written. Either way
+    the checks and the casts are the same code.
+    """
+    path = Path(path)
+    frame = df.lazy()
+    schema = frame.collect_schema()
+    stats = _event_stats(frame, schema)
+    if stats["len"] == 0:
+        raise RecallError(f"'{path}' has no rows; an events table needs at least one event")
+    _require_columns(schema.names(), S.EVENT_COLUMNS, path)
+    casts = [
+        _id_cast(schema, stats, S.USER, path),
+        _id_cast(schema, stats, S.ITEM, path),
+        _ts_cast(frame, schema, stats, path),
+        _behavior_cast(frame, schema, stats, path),
+    ]
     front = list(S.EVENT_COLUMNS)
-    return df.select(front + [c for c in df.columns if c not in front])
+    out = frame.with_columns(casts).select(front + [c for c in schema.names() if c not in front])
+    if isinstance(df, pl.LazyFrame):
+        return out.unique(maintain_order=True)
+    out = out.collect()
+    before = out.height
+    out = out.unique(maintain_order=True)
+    if out.height < before:
+        log.warning("'%s': dropped %d exact duplicate event row(s)", path, before - out.height)
+    return out
+
+
+def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:
+    """Eager id normalisation for the side tables (items, users), with the events' rules."""
+    stats = df.select(pl.len().alias("len"), pl.col(column).null_count().alias(f"{column}.nulls"),
+                      *([pl.col(column).min().alias(f"{column}.min"), pl.col(column).max().alias(f"{column}.max")]
+                        if df.schema[column].is_integer() else [])).row(0, named=True)
+    return df.with_columns(_id_cast(df.schema, stats, column, path))
 
 
 def normalise_items(df: pl.DataFrame, path: Path) -> pl.DataFrame:
@@ -279,13 +343,13 @@ def normalise_items(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     path = Path(path)
     if df.height == 0:
         raise RecallError(f"'{path}' has no rows; remove the file or add items")
-    _require_columns(df, (S.ITEM,), path)
+    _require_columns(df.columns, (S.ITEM,), path)
     df = _normalise_id(df, S.ITEM, path)
     for side in (S.CATEGORY, S.BRAND):  # nulls allowed: unknown category/brand
         if side in df.columns:
             dtype = df.schema[side]
             if dtype.is_integer():
-                _check_int64_range(df, side, path)
+                _check_int64_range(df[side].min(), df[side].max(), side, path)
                 df = df.with_columns(pl.col(side).cast(pl.Int64))
             elif dtype in (pl.String, pl.Categorical) or isinstance(dtype, pl.Enum):
                 df = df.with_columns(pl.col(side).cast(pl.String))
@@ -306,7 +370,7 @@ def normalise_users(df: pl.DataFrame, path: Path) -> pl.DataFrame:
     path = Path(path)
     if df.height == 0:
         raise RecallError(f"'{path}' has no rows; remove the file or add users")
-    _require_columns(df, (S.USER,), path)
+    _require_columns(df.columns, (S.USER,), path)
     df = _normalise_id(df, S.USER, path)
     dupes = df.height - df[S.USER].n_unique()
     if dupes:
@@ -326,31 +390,51 @@ def check_id_types(data: Dataset) -> None:
 
 def summarise(data: Dataset) -> dict:
     """Rows, users, items, time span, behaviour mix and side-info coverage, as plain values."""
-    ev = data.events
-    mix = ev.group_by(S.BEHAVIOR).len().sort(S.BEHAVIOR)
+    return summarise_tables(data.events.lazy(),
+                            None if data.items is None else data.items.lazy(),
+                            None if data.users is None else data.users.lazy())
+
+
+def _coverage(keys: pl.LazyFrame, table: pl.LazyFrame, column: str) -> tuple[int, float]:
+    """Rows of a side table, and the share of the events' distinct ``column`` values it lists."""
+    side = table.select(column)
+    counts = pl.concat([side.select(pl.len().alias("n")),
+                        keys.join(side, on=column, how="semi").select(pl.len().alias("n"))])
+    rows, covered = counts.collect(engine="streaming")["n"].to_list()
+    return rows, covered
+
+
+def summarise_tables(events: pl.LazyFrame, items: pl.LazyFrame | None = None,
+                     users: pl.LazyFrame | None = None) -> dict:
+    """:func:`summarise` over lazy tables, e.g. Parquet files scanned without loading them.
+
+    Every figure is a streaming aggregate, so a log larger than memory can be summarised.
+    """
+    stats = events.select(
+        pl.len().alias("events"), pl.col(S.USER).n_unique().alias("users"),
+        pl.col(S.ITEM).n_unique().alias("items"), pl.col(S.TS).min().alias("ts_min"),
+        pl.col(S.TS).max().alias("ts_max"),
+    ).collect(engine="streaming").row(0, named=True)
+    mix = events.group_by(S.BEHAVIOR).len().sort(S.BEHAVIOR).collect(engine="streaming")
     summary = {
-        "events": ev.height,
-        "users": ev[S.USER].n_unique(),
-        "items": ev[S.ITEM].n_unique(),
-        "ts_min": int(ev[S.TS].min()),
-        "ts_max": int(ev[S.TS].max()),
-        "days": round((ev[S.TS].max() - ev[S.TS].min()) / 86400, 2),
+        "events": stats["events"],
+        "users": stats["users"],
+        "items": stats["items"],
+        "ts_min": int(stats["ts_min"]),
+        "ts_max": int(stats["ts_max"]),
+        "days": round((stats["ts_max"] - stats["ts_min"]) / 86400, 2),
         "behaviors": {str(b): int(n) for b, n in mix.iter_rows()},
     }
-    event_items = ev.select(S.ITEM).unique()
-    if data.items is not None:
-        summary["items_table_rows"] = data.items.height
-        summary["item_coverage"] = round(
-            event_items.join(data.items.select(S.ITEM), on=S.ITEM, how="semi").height
-            / max(event_items.height, 1), 4)
-        summary["item_side_columns"] = [c for c in data.items.columns if c != S.ITEM]
-    if data.users is not None:
-        event_users = ev.select(S.USER).unique()
-        summary["users_table_rows"] = data.users.height
-        summary["user_coverage"] = round(
-            event_users.join(data.users.select(S.USER), on=S.USER, how="semi").height
-            / max(event_users.height, 1), 4)
-        summary["user_attribute_columns"] = [c for c in data.users.columns if c != S.USER]
+    for name, table, column, n_keys, attributes in (
+        ("items", items, S.ITEM, stats["items"], "item_side_columns"),
+        ("users", users, S.USER, stats["users"], "user_attribute_columns"),
+    ):
+        if table is None:
+            continue
+        rows, covered = _coverage(events.select(column).unique(), table, column)
+        summary[f"{name}_table_rows"] = rows
+        summary[f"{name[:-1]}_coverage"] = round(covered / max(n_keys, 1), 4)
+        summary[attributes] = [c for c in table.collect_schema().names() if c != column]
     return summary
 
 

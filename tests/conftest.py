@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 
 from recall.io import Dataset, normalise_events
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# The repo and ``shared`` are siblings (``<root>/main`` and ``<root>/shared``);
+# RECALL_SHARED_DATA points elsewhere (e.g. a CI cache).
+SHARED_DATA = Path(os.environ.get("RECALL_SHARED_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -18,7 +21,8 @@ def shared_dataset(name: str) -> Path:
     """Path of a public dataset folder; skips the test with the reason when it is absent."""
     path = SHARED_DATA / name
     if not path.is_dir():
-        pytest.skip(f"public dataset folder {path} is absent (it lives beside the repo in shared/data)")
+        pytest.skip(f"public dataset folder {path} is absent (it lives beside the repo in shared/data, "
+                    "or set RECALL_SHARED_DATA)")
     return path
 
 

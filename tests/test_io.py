@@ -694,3 +694,30 @@ def test_normalise_events_returns_exact_schema_or_recall_error():
     check()
     # The property is only worth something if both branches were exercised.
     assert outcomes["ok"] > 0 and outcomes["error"] > 0, outcomes
+
+
+def test_normalise_events_lazy_matches_eager():
+    """A LazyFrame (the streaming import) gets the same checks, messages and rows as a DataFrame."""
+    outcomes = Counter()
+
+    def run(frame):
+        try:
+            out = normalise_events(frame, Path("events.parquet"))
+        except RecallError as exc:
+            return "error", str(exc)
+        return "ok", out.collect() if isinstance(out, pl.LazyFrame) else out
+
+    @settings(max_examples=150, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(event_frames())
+    def check(frame: pl.DataFrame):
+        eager, lazy = run(frame), run(frame.lazy())
+        outcomes[eager[0]] += 1
+        assert eager[0] == lazy[0], (eager, lazy)
+        if eager[0] == "error":
+            assert eager[1] == lazy[1]
+        else:
+            assert eager[1].equals(lazy[1])
+
+    check()
+    assert outcomes["ok"] > 0 and outcomes["error"] > 0, outcomes
