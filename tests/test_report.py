@@ -13,7 +13,8 @@ import pytest
 from recall.config import Config
 from recall.evaluate import evaluate
 from recall.io import Dataset
-from recall.report import analysis_k, find_chromium, fmt, screenshot, write_report
+from recall.report import analysis_k, fmt, write_report
+from tests.chromium import find_chromium, screenshot
 from tests.conftest import random_log
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
