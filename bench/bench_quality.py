@@ -61,10 +61,10 @@ def prepared(name: str) -> Path | None:
 
 def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
     from recall.config import Config
-    from recall.evaluate import evaluate, with_quotas
+    from recall.evaluation import evaluate, with_quotas
     from recall.io import load_dataset
     from recall.profile import profile, starting_config
-    from recall.tune import tune
+    from recall.tuning import tune
 
     data = load_dataset(folder)
     raw = tomllib.loads(starting_config(profile(data), str(folder)))

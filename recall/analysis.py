@@ -134,7 +134,7 @@ def marginal_gains(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
                    score: Callable[[pl.DataFrame], dict]) -> dict[str, dict]:
     """Per channel: ``score(merge(all)) - score(merge(all but the channel))``, quotas renormalised.
 
-    ``score`` returns ``{k: {metric: value}}`` (as :func:`recall.evaluate.metrics`);
+    ``score`` returns ``{k: {metric: value}}`` (as :func:`recall.evaluation.metrics`);
     the result has the same shape per channel, holding differences.
     """
     names = [n for n in candidates if n in quotas]

@@ -423,7 +423,7 @@ def evaluate(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None
 
     Example: recall eval --data data/imported/ml-100k --set eval.test_days=14 --json eval.json --report report/
     """
-    from recall.evaluate import evaluate as run_eval
+    from recall.evaluation import evaluate as run_eval
     from recall.pipeline import load_data
 
     cfg = load(config, set_, data)
@@ -456,7 +456,7 @@ def tune(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None,
     Example: recall tune -c configs/default.toml --out tuned.toml; then recall eval -c configs/default.toml -c tuned.toml
     """
     from recall.pipeline import load_data
-    from recall.tune import tune as run_tune
+    from recall.tuning import tune as run_tune
 
     cfg = load(config, set_, data)
     with progress_steps() as step:

@@ -120,7 +120,7 @@ class ALSConfig(Strict):
 
 
 class TuneConfig(Strict):
-    """How `recall tune` chooses per-channel quotas (``[tune]``); see :mod:`recall.tune`."""
+    """How `recall tune` chooses per-channel quotas (``[tune]``); see :mod:`recall.tuning`."""
 
     validation_days: float | None = Field(None, gt=0, description="length of each validation window [T1, T2); "
                                                                  "the last ends where the evaluation's test "
@@ -144,7 +144,7 @@ class TuneConfig(Strict):
                                                    "(merge.segment_quotas), kept where they gain beyond noise")
     min_segment_users: int = Field(50, ge=1, description="validation users a segment needs for its own quotas")
     search_params: bool = Field(True, description="also choose the crowd hot list's depth, ranking and "
-                                                  "half-life on validation (recall/tune.py)")
+                                                  "half-life on validation (recall/tuning.py)")
 
 
 class SparkSettings(Strict):

@@ -1,6 +1,6 @@
 """The evaluation report: ``report.html`` (self-contained), ``metrics.json`` and the PNG plots.
 
-:func:`write_report` takes the dict of :func:`recall.evaluate.evaluate` and writes,
+:func:`write_report` takes the dict of :func:`recall.evaluation.evaluate` and writes,
 into one folder:
 
 - ``metrics.json``: that dict, as is;

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from recall import analysis as A
 from recall.config import SegmentsConfig
-from recall.evaluate import metrics
+from recall.evaluation import metrics
 from recall.merge import merge_channels
 
 CHANNELS = ["a", "b", "c"]

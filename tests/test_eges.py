@@ -450,7 +450,7 @@ def test_ml100k_cold_movies_get_genre_neighbours_and_are_recalled():
     if not (path / "events.parquet").exists():
         pytest.skip("ml-100k is not imported (recall data import movielens ...)")
     from recall.config import EvalConfig, TriggerConfig
-    from recall.evaluate import split_data
+    from recall.evaluation import split_data
 
     # The split and triggers of configs/ml-100k.toml. The evaluation never shows a channel an
     # item first seen after T (recall/split.py); this test of the cold-start mechanism hands

@@ -15,7 +15,7 @@ from recall.config import Config, EvalConfig
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.baselines import implicit_als
-from recall.evaluate import evaluate, metrics, split_data, with_quotas
+from recall.evaluation import evaluate, metrics, split_data, with_quotas
 from recall.split import target_pairs
 from recall.io import Dataset, normalise_events
 from tests.conftest import random_log

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from recall.config import Config
-from recall.evaluate import evaluate
+from recall.evaluation import evaluate
 from recall.io import Dataset
 from recall.report import analysis_k, fmt, write_report
 from tests.chromium import find_chromium, screenshot

@@ -13,7 +13,7 @@ from recall.errors import RecallError
 from recall.merge import merge_channels
 from recall.pipeline import merge_outputs, user_segments
 from recall.config import load_config_files
-from recall.tune import tune
+from recall.tuning import tune
 from tests.test_tune import config, dataset, random_candidates
 
 

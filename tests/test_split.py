@@ -9,7 +9,7 @@ from recall import schema as S
 from recall.channels import CHANNELS
 from recall.config import EvalConfig
 from recall.context import TrainData
-from recall.evaluate import evaluation_targets, split_data
+from recall.evaluation import evaluation_targets, split_data
 from recall.io import Dataset
 from recall.split import LISTED, catalogue_at, dataset_at, target_pairs, user_split
 from tests.conftest import random_log

@@ -14,10 +14,10 @@ from recall.config import TuneConfig, load_config_files, merge_config_dicts
 from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import split_data, with_quotas
+from recall.evaluation import split_data, with_quotas
 from recall.io import Dataset
 from recall.pipeline import fit_channels, merge_outputs
-from recall.tune import (CachedScore, QuotaMerger, Validation, allocations, exhaustive_allocate, greedy_allocate,
+from recall.tuning import (CachedScore, QuotaMerger, Validation, allocations, exhaustive_allocate, greedy_allocate,
                          quota_scorer, tune, validation_split, validation_windows)
 from tests.conftest import random_log
 
@@ -348,8 +348,8 @@ def test_parameter_search_picks_the_best_crowd_variant_on_validation():
     chosen = result.params["crowd"]
     # Oracle: score every variant alone on the same validation split, by brute force.
     from recall.channels.crowd import Crowd
-    from recall.evaluate import metrics
-    from recall.tune import crowd_variants
+    from recall.evaluation import metrics
+    from recall.tuning import crowd_variants
 
     (t1, t2), = result.windows
     v = validation_split(cfg, data, t1, t2)

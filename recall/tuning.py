@@ -54,7 +54,7 @@ from recall.analysis import equal_quotas
 from recall.config import Config, TuneConfig
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.evaluate import evaluation_targets, metrics, split_data
+from recall.evaluation import evaluation_targets, metrics, split_data
 from recall.filters import apply_filters
 from recall.merge import slot_positions
 from recall.io import Dataset
