@@ -332,6 +332,32 @@ def init(directory: Annotated[Path, typer.Argument(help="data folder with events
         f"then recall eval -c {out_path} -c tuned.toml")
 
 
+@command(app, "graph")
+def graph(config: ConfigOpt = None, set_: SetOpt = None, data: DataOpt = None,
+          out_path: Annotated[Optional[Path], typer.Option("--out", help="write the graph as GraphML here")] = None,
+          session_gap_hours: Annotated[float, typer.Option(help="cut sessions at gaps longer than this")] = 1.0):
+    """Describe the session item graph the walk channels use (PageRank, reciprocity, components); export it.
+
+    Example: recall graph --out item_graph.graphml   (open it in Gephi or networkx)
+    """
+    from recall.context import TrainData
+    from recall.graph import GraphParams, describe, export_graphml, item_graph
+    from recall.pipeline import load_data
+
+    cfg = load(config, set_, data)
+    train = TrainData.build(load_data(cfg), triggers=cfg.triggers, seed=cfg.seed)
+    built = item_graph(train, GraphParams(session_gap_hours=session_gap_hours))
+    stats = describe(built, train.item_ids)
+    table = Table(title="session item graph", show_header=False)
+    for key, value in stats.items():
+        if key != "pagerank_top":
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("most central (PageRank)", ", ".join(str(r["item_id"]) for r in stats["pagerank_top"]))
+    say(table)
+    if out_path is not None:
+        say(f"GraphML written to [bold]{export_graphml(built, train.item_ids, out_path)}[/]")
+
+
 @command(app, "channels")
 def channels():
     """List the registered channels with a one-line description.

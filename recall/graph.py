@@ -25,6 +25,8 @@ used only by :func:`graph_stats` and :func:`to_networkx`, off the hot path.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -157,5 +159,30 @@ def to_networkx(graph: sp.csr_matrix, item_ids: pl.Series | None = None):
     return out
 
 
-__all__ = ["GraphParams", "SESSION", "graph_from_edges", "graph_stats", "item_graph", "sessions",
-           "to_networkx", "transitions"]
+def describe(graph: sp.csr_matrix, item_ids: pl.Series, top: int = 10) -> dict:
+    """:func:`graph_stats` plus what networkx does well on the item graph: reciprocity (share of
+    edges whose reverse exists: how symmetric browsing is) and the most central items by PageRank."""
+    import networkx as nx
+
+    stats = graph_stats(graph)
+    g = to_networkx(graph, item_ids)
+    stats["reciprocity"] = float(nx.reciprocity(g)) if g.number_of_edges() else 0.0
+    rank = nx.pagerank(g, weight="weight") if g.number_of_nodes() else {}
+    stats["pagerank_top"] = [{"item_id": item, "pagerank": round(float(value), 6)}
+                             for item, value in sorted(rank.items(), key=lambda kv: (-kv[1], kv[0]))[:top]]
+    return stats
+
+
+def export_graphml(graph: sp.csr_matrix, item_ids: pl.Series, path: str | Path) -> Path:
+    """Write the item graph as GraphML (nodes: item ids; edges: transition counts as ``weight``)."""
+    import networkx as nx
+
+    path = Path(path)
+    if path.parent != Path(""):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    nx.write_graphml(to_networkx(graph, item_ids), path)
+    return path
+
+
+__all__ = ["GraphParams", "SESSION", "describe", "export_graphml", "graph_from_edges", "graph_stats", "item_graph",
+           "sessions", "to_networkx", "transitions"]

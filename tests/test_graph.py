@@ -125,3 +125,26 @@ def test_stats_and_networkx_agree():
     assert stats["density"] == pytest.approx(nx.density(g))
     u, v = int(rows[keep][0]), int(cols[keep][0])
     assert g[u * 10][v * 10]["weight"] == graph[u, v]
+
+
+def test_describe_and_graphml_export_agree_with_networkx(tmp_path):
+    import networkx as nx
+
+    from recall.graph import describe, export_graphml
+
+    rng = np.random.default_rng(4)
+    n = 12
+    graph = sp.csr_matrix((rng.random((n, n)) < 0.25) * rng.integers(1, 5, (n, n)).astype(float))
+    graph.setdiag(0)
+    graph.eliminate_zeros()
+    ids = pl.Series("item_id", np.arange(n) * 10)
+    stats = describe(graph, ids, top=3)
+    reference = nx.DiGraph()
+    coo = graph.tocoo()
+    reference.add_weighted_edges_from((int(i) * 10, int(j) * 10, float(w)) for i, j, w in zip(coo.row, coo.col, coo.data))
+    rank = nx.pagerank(reference, weight="weight")
+    assert [r["item_id"] for r in stats["pagerank_top"]] == sorted(rank, key=lambda k: (-rank[k], k))[:3]
+    assert stats["reciprocity"] == pytest.approx(nx.reciprocity(reference))
+    back = nx.read_graphml(export_graphml(graph, ids, tmp_path / "g.graphml"), node_type=int)
+    assert {(u, v): d["weight"] for u, v, d in back.edges(data=True)} == \
+        {(u, v): d["weight"] for u, v, d in reference.edges(data=True)}
