@@ -791,3 +791,12 @@ def test_generic_refuses_utf16_with_the_fix(tmp_path):
     path.write_bytes("user_id,item_id,ts\n1,2,100\n".encode("utf-16"))
     with pytest.raises(RecallError, match=r"e\.csv' is UTF-16 text; re-save it as UTF-8, e\.g\. iconv"):
         IMPORTERS["generic"](path)
+
+
+def test_skipped_lines_of_one_reason_are_listed_in_order(tmp_path):
+    lines = TAOBAO_ROWS.splitlines()
+    bad = [f"9,{i},100,pv" for i in range(8)]  # eight truncated lines, one reason
+    path = write(tmp_path / "t.csv", "\n".join(lines[:2] + bad + lines[2:]) + "\n")
+    (skipped,) = IMPORTERS["taobao"].plan(path, on_bad_lines="skip").skipped
+    assert (skipped.count, skipped.first_lines) == (8, [3, 4, 5, 6, 7])
+    assert skipped.describe().endswith("(line 3, 4, 5, 6, 7, ...; column 'timestamp' is empty or missing: 8)")
