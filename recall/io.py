@@ -22,6 +22,9 @@ from recall.errors import RecallError
 log = logging.getLogger("recall")
 
 BEHAVIOR_DTYPE = pl.Enum(list(S.BEHAVIORS))
+# Rows searched for exact duplicates at a time when a log is normalised lazily (about 0.4 GiB).
+DEDUP_PARTITION_ROWS = 5_000_000
+_ROW, _HASH = "__recall_row__", "__recall_hash__"
 TABLE_SUFFIXES = (".parquet", ".csv")
 # Names other tools use for our columns, for the "rename X to Y" hint.
 COLUMN_SYNONYMS = {
@@ -321,13 +324,43 @@ def normalise_events(df: pl.DataFrame | pl.LazyFrame, path: Path) -> pl.DataFram
     front = list(S.EVENT_COLUMNS)
     out = frame.with_columns(casts).select(front + [c for c in schema.names() if c not in front])
     if isinstance(df, pl.LazyFrame):
-        return out.unique(maintain_order=True)
+        repeated = _repeated_rows(out, stats["len"])
+        if repeated.len():
+            log.warning("'%s': dropped %d exact duplicate event row(s)", path, repeated.len())
+        return out.with_row_index(_ROW).filter(~pl.col(_ROW).is_in(repeated.implode())).drop(_ROW)
     out = out.collect()
     before = out.height
     out = out.unique(maintain_order=True)
     if out.height < before:
         log.warning("'%s': dropped %d exact duplicate event row(s)", path, before - out.height)
     return out
+
+
+def _repeated_rows(frame: pl.LazyFrame, rows: int) -> pl.Series:
+    """Row numbers of ``frame`` that repeat an earlier row exactly, in bounded memory.
+
+    ``unique`` would hold every row in a hash table (about 8 GiB for a 100M-row
+    log). Here each row is reduced to a 64-bit hash: a streaming ``group_by`` on
+    the hash alone finds the hashes seen twice, and only the rows with those hashes
+    are collected and compared in full (so a hash collision drops nothing). Rows
+    are taken :data:`DEDUP_PARTITION_ROWS` at a time by hash, one pass each, so
+    memory follows the partition, not the log. The rows found are dropped by
+    number, which keeps the order of the others, as ``unique(maintain_order=True)``.
+    """
+    parts = max(1, -(-rows // DEDUP_PARTITION_ROWS))
+    columns = frame.collect_schema().names()
+    keyed = frame.with_row_index(_ROW).with_columns(pl.struct(columns).hash(seed=0).alias(_HASH))
+    found = [pl.Series(_ROW, [], dtype=keyed.collect_schema()[_ROW])]
+    for k in range(parts):
+        part = keyed.filter(pl.col(_HASH) % parts == k) if parts > 1 else keyed
+        seen_twice = part.group_by(_HASH).len().filter(pl.col("len") > 1).select(_HASH)
+        seen_twice = seen_twice.collect(engine="streaming")
+        if seen_twice.height == 0:
+            continue
+        copies = part.join(seen_twice.lazy(), on=_HASH, how="semi").collect(engine="streaming").sort(_ROW)
+        # Every copy but the first of each group goes.
+        found.append(copies.filter(~pl.struct(columns).is_first_distinct())[_ROW])
+    return pl.concat(found)
 
 
 def _normalise_id(df: pl.DataFrame, column: str, path: Path) -> pl.DataFrame:

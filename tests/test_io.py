@@ -721,3 +721,18 @@ def test_normalise_events_lazy_matches_eager():
 
     check()
     assert outcomes["ok"] > 0 and outcomes["error"] > 0, outcomes
+
+
+def test_lazy_duplicates_found_across_user_partitions(monkeypatch, caplog):
+    """The lazy path searches duplicates a partition of users at a time; the rows kept are unique()'s."""
+    import recall.io as io
+
+    rng = random.Random(3)
+    rows = [(rng.randrange(6), rng.randrange(4), rng.choice(S.BEHAVIORS), T0 + rng.randrange(5)) for _ in range(300)]
+    frame = pl.DataFrame(rows, schema=["user_id", "item_id", "behavior", "ts"], orient="row")
+    monkeypatch.setattr(io, "DEDUP_PARTITION_ROWS", 40)  # 8 partitions
+    with caplog.at_level(logging.WARNING, logger="recall"):
+        lazy = normalise_events(frame.lazy(), Path("events.parquet")).collect()
+    eager = normalise_events(frame, Path("events.parquet"))
+    assert lazy.equals(eager) and eager.height < frame.height
+    assert f"dropped {frame.height - eager.height} exact duplicate" in caplog.text

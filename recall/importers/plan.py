@@ -126,8 +126,6 @@ def _sink_events(plan: Plan, staged: Path, sides: dict[str, pl.DataFrame], out: 
         os.replace(final, path)
     finally:
         final.unlink(missing_ok=True)
-    if duplicates:
-        log.warning("'%s': dropped %d exact duplicate event row(s)", source, duplicates)
     return path, duplicates
 
 

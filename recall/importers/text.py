@@ -432,7 +432,6 @@ def check_lines(table: TextTable, rules: Sequence[Rule], on_bad_lines: str) -> t
     stats = collect(frame.select(
         pl.len().alias("rows"),
         any_bad.sum().alias("bad"),
-        _line_if(any_bad).drop_nulls().bottom_k(SHOWN_LINES).sort().implode().alias("first_bad"),
         *[r.bad.sum().alias(f"n{i}") for i, r in enumerate(rules)],
         *[_line_if(r.bad).min().alias(f"first{i}") for i, r in enumerate(rules)],
     ), table).row(0, named=True)
@@ -447,10 +446,24 @@ def check_lines(table: TextTable, rules: Sequence[Rule], on_bad_lines: str) -> t
     if stats["bad"] == stats["rows"]:
         raise RecallError(f"every data {table.unit} of '{table.path}' is bad ({stats['bad']}); "
                           f"expected {table.layout}")
-    skipped = Skipped(path=table.path, count=stats["bad"], first_lines=stats["first_bad"],
+    skipped = Skipped(path=table.path, count=stats["bad"], first_lines=_first_bad(table, any_bad, stats, broken),
                       reasons={rules[i].reason: stats[f"n{i}"] for _, i in sorted(broken)}, unit=table.unit)
     log.warning("%s", skipped.describe())
     return frame.filter(~any_bad).select(LINE, *table.columns), skipped
+
+
+def _first_bad(table: TextTable, any_bad: pl.Expr, stats: dict, broken: list[tuple[int, int]]) -> list[int]:
+    """The first :data:`SHOWN_LINES` bad line numbers.
+
+    Each rule's first bad line is known from the statistics pass; when those are
+    all the bad lines (a truncated last line, say) no second pass is needed. A
+    k-smallest aggregate in that pass would make polars leave its streaming engine
+    and hold the whole file in memory (2.2 GiB at 20M lines instead of 0.4).
+    """
+    known = sorted({line for line, _ in broken})
+    if stats["bad"] == len(known):
+        return known[:SHOWN_LINES]
+    return collect(table.frame.filter(any_bad).select(LINE).head(SHOWN_LINES), table)[LINE].to_list()
 
 
 def _line_if(bad: pl.Expr) -> pl.Expr:
