@@ -29,10 +29,10 @@ def test_the_recency_decay_is_written_once():
 
 
 def test_every_merge_uses_the_one_slot_rule():
-    for module in ("merge.py", "spark/merge.py", "tune.py"):
+    for module in ("merge.py", "spark/merge.py", "tuning.py"):
         text = (RECALL / module).read_text()
         assert "slot_positions" in text, module
-    for module in ("spark/merge.py", "tune.py"):
+    for module in ("spark/merge.py", "tuning.py"):
         tree = ast.parse((RECALL / module).read_text())
         divisions = [n for n in ast.walk(tree) if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div)
                      and "quota" in ast.unparse(n.right)]
