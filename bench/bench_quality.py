@@ -97,7 +97,8 @@ def markdown(runs: list[dict]) -> str:
     lines = []
     for run in runs:
         head = run["headline"]
-        lines += ["", f"**{run['dataset']}, {run['protocol']} protocol** ({run['channels']} channels): "
+        lines += ["", f"**{run['dataset']}, {run['protocol']} protocol** ({run['channels']} channels; "
+                  f"`{run.get('command', 'python bench/bench_quality.py')}`): "
                   f"{run['test_users']} test users ({run['warm_users']} warm, {run['cold_users']} without "
                   f"history), {run['targets']} targets; merged lists hold {run['budget_filled']['mean_length']:.0f} "
                   f"candidates per user on average ({run['budget_filled']['full_share']:.0%} of users get the full "
@@ -133,10 +134,10 @@ def _quotas(result: dict) -> str:
     return ", ".join(f"{n} {q}" for n, q in result["quotas"].items() if q)
 
 
-def write_section(text: str, command: str) -> None:
+def write_section(text: str) -> None:
     path = REPO / "BENCHMARKS.md"
     body = path.read_text()
-    section = (f"{START}\nCommand: `{command}` (results also in `bench/out/quality.json`).\n{text}\n{END}")
+    section = f"{START}\n{text}\n{END}"
     if START in body:
         body = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: section, body, flags=re.S)
     else:
@@ -161,10 +162,17 @@ def main() -> None:
             print(f"{name} / {protocol} ...", flush=True)
             runs.append(run_one(name, folder, protocol, args.channels))
             print(markdown(runs[-1:]), flush=True)
+    # Runs accumulate in quality.json by (dataset, protocol): one invocation per dataset is fine.
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "quality.json").write_text(json.dumps(runs, indent=1, default=str))
+    store = OUT / "quality.json"
+    stored = {(r["dataset"], r["protocol"]): r for r in (json.loads(store.read_text()) if store.exists() else [])}
+    stored.update({(r["dataset"], r["protocol"]): {**r, "command": "python bench/bench_quality.py "
+                                                   + " ".join(sys.argv[1:])} for r in runs})
+    ordered = [stored[key] for key in sorted(stored, key=lambda k: (list(datasets()).index(k[0])
+                                                                      if k[0] in datasets() else 99, k[1]))]
+    store.write_text(json.dumps(ordered, indent=1, default=str))
     if args.write:
-        write_section(markdown(runs), "python bench/bench_quality.py " + " ".join(sys.argv[1:]))
+        write_section(markdown(ordered))
 
 
 if __name__ == "__main__":
