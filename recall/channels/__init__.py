@@ -12,11 +12,13 @@ from recall.channels.itemcf import ItemCF
 from recall.channels.node2vec import Node2Vec
 from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
+from recall.channels.swing import Swing
 from recall.channels.usercf import UserCF
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
+    Swing.name: Swing,
     UserCF.name: UserCF,
     RankI2I.name: RankI2I,
     Association.name: Association,
