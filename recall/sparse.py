@@ -50,6 +50,22 @@ def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None, levels: int = 256) -> 
     return sp.csr_matrix((values, cols, indptr), shape=m.shape)
 
 
+def top_k_dense(block: np.ndarray, k: int) -> sp.csr_matrix:
+    """:func:`top_k_per_row` of a dense block (positive entries only, ties to the smaller column).
+
+    Each row's k-th largest value comes from ``np.partition``; only entries at or
+    above it go into the sparse selection, so no sparse copy of the whole block is made.
+    """
+    if block.shape[1] > k:
+        kth = -np.partition(-block, k - 1, axis=1)[:, k - 1]
+        keep = (block >= kth[:, None]) & (block > 0)
+    else:
+        keep = block > 0
+    rows, cols = np.nonzero(keep)
+    candidates = sp.csr_matrix((block[rows, cols].astype(np.float64), (rows, cols)), shape=block.shape)
+    return top_k_per_row(candidates, k)
+
+
 def _histogram_survivors(values, rows, n_rows, k, levels):
     """Mask of entries in or above the bucket of their row's k-th largest value.
 

@@ -23,6 +23,7 @@ VARIANTS: dict[str, list[dict]] = {
     "association": [dict(session_gap_hours=12, popularity_normalize=True, top_k=5)],
     "crowd": [dict(min_support=5, min_users=2)],
     "item2vec": [dict(retrieval="user_vector")],
+    "ease": [dict(max_items=6, normalize=True, dtype="float64")],
     "swing": [dict(max_users_per_item=3, min_user_items=1, normalize=False)],
 }
 CASES = [(name, {}) for name in sorted(CHANNELS)] + [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from recall.channels.association import Association
 from recall.interface import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.crowd import Crowd
+from recall.channels.ease import EASE
 from recall.channels.deepwalk import DeepWalk
 from recall.channels.eges import EGES, GES
 from recall.channels.item2vec import Item2Vec
@@ -19,6 +20,7 @@ from recall.errors import RecallError
 CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
     Swing.name: Swing,
+    EASE.name: EASE,
     UserCF.name: UserCF,
     RankI2I.name: RankI2I,
     Association.name: Association,
