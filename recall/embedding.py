@@ -155,7 +155,7 @@ class VectorIndex:
 
     @classmethod
     def build(cls, vectors: np.ndarray, items: np.ndarray, params: IndexParams) -> "VectorIndex":
-        """Index ``vectors`` (unit rows for cosines; any rows for inner products), rows of the items ``items``."""
+        """Index ``vectors`` (unit rows for cosines, any rows for inner products) of the items ``items``."""
         import faiss
 
         n, dim = vectors.shape
