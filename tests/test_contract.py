@@ -20,6 +20,7 @@ N = 7
 
 # Extra parameter sets per channel (the defaults are always checked).
 VARIANTS: dict[str, list[dict]] = {
+    "als": [dict(ann="hnsw", faiss_threads=1, aggregate="max", factors=4)],
     "association": [dict(session_gap_hours=12, popularity_normalize=True, top_k=5)],
     "crowd": [dict(min_support=5, min_users=2)],
     "item2vec": [dict(retrieval="user_vector")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from recall.channels.als import ALS
 from recall.channels.association import Association
 from recall.interface import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.crowd import Crowd
@@ -21,6 +22,7 @@ CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
     Swing.name: Swing,
     EASE.name: EASE,
+    ALS.name: ALS,
     UserCF.name: UserCF,
     RankI2I.name: RankI2I,
     Association.name: Association,
