@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -10,11 +12,14 @@ import pytest
 import scipy.sparse as sp
 
 from recall import schema as S
+from recall.channels import CHANNELS
 from recall.channels.ease import EASE, EASEParams, ease_weights, engagement, invert_spd_in_place, most_engaged
 from recall.config import load_config
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.io import Dataset
+from recall.io import Dataset, write_dataset
+from recall.pipeline import run
+from recall.synth import synthesize
 from tests.conftest import random_log
 
 
@@ -117,3 +122,16 @@ def test_lambda_is_the_config_key():
     assert cfg.model_dump()["channels"]["ease"]["lambda"] == 250.0
     with pytest.raises(RecallError, match="channels.ease.lambda: "):
         load_config(None, ["channels.ease.lambda=0"])
+
+
+def test_the_cut_is_in_the_run_manifest(tmp_path):
+    write_dataset(synthesize(200, 120, 4, 2), tmp_path / "data")
+    others = [f"channels.{name}.enabled=false" for name in CHANNELS if name not in ("ease", "itemcf")]
+    cfg = load_config(None, [f'data.dir="{tmp_path / "data"}"', f'output.root="{tmp_path / "out"}"',
+                             "channels.itemcf.enabled=true", "channels.ease.max_items=30", *others])
+    summary = run(cfg)
+    manifest = json.loads((Path(summary["published"]) / "manifest.json").read_text())
+    facts = manifest["channel_facts"]
+    assert set(facts) == {"ease"}  # itemCF has nothing to report
+    assert facts["ease"]["items_kept"] == 30 and facts["ease"]["items_cut"] > 0
+    assert facts["ease"]["engaged_items"] == 30 + facts["ease"]["items_cut"]

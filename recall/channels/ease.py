@@ -22,9 +22,10 @@ the manifest (``channel_facts.ease``). The Gram matrix is built densely, block
 by block of rows, into one ``max_items^2`` array of ``dtype`` and inverted in
 place (LAPACK Cholesky ``potrf`` + ``potri``: ``X^T X + lambda I`` is symmetric
 positive definite for ``lambda > 0``), so the peak is about one such matrix plus
-a row block: 20,000 items take 1.6 GB in float32 (3.2 GB in float64), 30,000
-items 3.6 GB (7.2 GB). Time grows as ``max_items^3`` (about ``n^3`` flops for
-the factorisation and inverse). float32 halves memory and time and is ample
+a row block: the default 10,000 items take 0.4 GB in float32 (0.8 GB in float64),
+20,000 items 1.6 GB (3.2 GB), 30,000 items 3.6 GB (7.2 GB). Time grows as
+``max_items^3`` (about ``n^3`` flops for the factorisation and inverse: on two
+cores about 10 s at 10,000 items and 1.5 min at 20,000, see BENCHMARKS.md). float32 halves memory and time and is ample
 for a ranking (the regularised Gram is well conditioned); use float64 to
 compare against a reference.
 """
@@ -57,7 +58,7 @@ class EASEParams(ChannelParams):
                                     description="behaviours that count as engagement")
     window_days: Span = Field(None, gt=0, description="only the last N days of training data (inf: all)")
     lam: float = Field(500.0, gt=0, alias="lambda", description="L2 penalty on B (Steck's lambda)")
-    max_items: int = Field(20_000, ge=2, description="items kept, by engaged users (memory ~ max_items^2)")
+    max_items: int = Field(10_000, ge=2, description="items kept, by engaged users (memory ~ max_items^2)")
     dtype: Literal["float32", "float64"] = Field("float32", description="precision of the dense solve")
     top_k: int = Field(100, ge=1, description="neighbours kept per item")
     normalize: bool = Field(False, description="divide each row by its maximum")
