@@ -89,7 +89,7 @@ def test_confidence_is_one_plus_alpha_times_weighted_events():
     assert table(alpha=2.0) == {(1, 10): 1 + 2 * (1 + 1 + weights["buy"]), (1, 20): 1 + 2 * weights["fav"],
                                 (2, 20): 1 + 2 * weights["cart"]}
     assert table(alpha=1.0, aggregate="max")[(1, 10)] == 1 + weights["buy"]
-    assert table(behavior_weights={"click": 1.0}) == {(1, 10): 3.0}
+    assert table(alpha=1.0, behavior_weights={"click": 1.0}) == {(1, 10): 3.0}
 
 
 def test_unknown_behaviour_weight_is_refused():

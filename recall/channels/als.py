@@ -54,10 +54,10 @@ class ALSParams(IndexParams):
         None, description="r_ui per event by behaviour; unset: triggers.behavior_weights")
     aggregate: Literal["sum", "max"] = Field("sum", description="combine a user's events on one item: "
                                                                 "sum (repeats add confidence) or max")
-    factors: int = Field(64, ge=1, description="latent factors")
+    factors: int = Field(16, ge=1, description="latent factors")
     iterations: int = Field(15, ge=1, description="ALS sweeps")
     regularization: float = Field(0.05, ge=0, description="L2 penalty on the factors")
-    alpha: float = Field(1.0, ge=0, description="confidence slope: c_ui = 1 + alpha * r_ui")
+    alpha: float = Field(10.0, ge=0, description="confidence slope: c_ui = 1 + alpha * r_ui")
     threads: int = Field(1, ge=0, description="implicit's threads (0: all cores); only 1 is bit-reproducible")
 
     @field_validator("behavior_weights")

@@ -57,7 +57,7 @@ class EASEParams(ChannelParams):
     behaviors: BehaviorList = Field(default_factory=lambda: ["click", "fav", "cart", "buy"],
                                     description="behaviours that count as engagement")
     window_days: Span = Field(None, gt=0, description="only the last N days of training data (inf: all)")
-    lam: float = Field(500.0, gt=0, alias="lambda", description="L2 penalty on B (Steck's lambda)")
+    lam: float = Field(20.0, gt=0, alias="lambda", description="L2 penalty on B (Steck's lambda)")
     max_items: int = Field(10_000, ge=2, description="items kept, by engaged users (memory ~ max_items^2)")
     dtype: Literal["float32", "float64"] = Field("float32", description="precision of the dense solve")
     top_k: int = Field(100, ge=1, description="neighbours kept per item")

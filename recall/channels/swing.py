@@ -72,7 +72,7 @@ class SwingParams(ChannelParams):
     user_beta: float = Field(0.3, ge=0, description="user weight exponent; 0: every user weighs 1")
     max_users_per_item: int = Field(1000, ge=2, description="an item with more users sums over a seeded "
                                                             "sample of this many (its row only)")
-    min_user_items: int = Field(10, ge=1, description="users with fewer items are left out")
+    min_user_items: int = Field(2, ge=1, description="users with fewer items are left out (PAI, Flink: 10)")
     max_user_items: int = Field(1000, ge=2, description="users with more items are left out as crawlers")
     normalize: bool = Field(True, description="divide each row by its maximum")
     top_k: int = Field(100, ge=1, description="neighbours kept per item")
