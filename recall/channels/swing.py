@@ -137,7 +137,7 @@ def user_pairs(x: sp.csr_matrix, sampled: sp.csr_matrix, p: SwingParams):
     the sampled engagement; ``c`` is each pair's weight. Pairs come from the upper
     triangle of ``sampled @ sampled.T``, computed block by block over users (each
     block's stored entries bounded by ``max_block_entries``); pairs with fewer than
-    two common items are dropped.
+    two common items are dropped (most of them before their rows are gathered).
     """
     weights = user_weights(x, p)
     n_u = np.diff(x.indptr)
@@ -146,10 +146,15 @@ def user_pairs(x: sp.csr_matrix, sampled: sp.csr_matrix, p: SwingParams):
     # Upper bound of the stored entries of each row of X_s X_s^T.
     costs = sampled @ item_users.astype(np.float64)
     is_sampled = sampled.nnz < x.nnz
+    partial = n_u > np.diff(sampled.indptr)  # users some item's sample left out
     for start, stop in cost_blocks(costs, p.user_block, p.max_block_entries):
         block = sp.csr_matrix(sampled[start:stop] @ sampled_t)
         rows = row_indices(block) + start
         upper = block.indices > rows
+        # The product counts the overlap on the sampled engagement, which is the whole overlap
+        # unless a user lost entries to an item's sample: other pairs sharing one item go
+        # before their rows are gathered.
+        upper &= (block.data >= 2) | partial[rows] | partial[block.indices]
         first, second = rows[upper], block.indices[upper].astype(np.int64)
         # Gathering both users' rows stores n_u + n_v entries per pair: bounded per chunk.
         for a, b in cost_blocks(n_u[first] + n_u[second], first.size or 1, p.max_block_entries):
