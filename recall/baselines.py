@@ -139,23 +139,16 @@ def implicit_als(train: TrainData, users: pl.Series, n: int, *, factors: int = 6
     return implicit_frame(train, idx, np.atleast_2d(ids), np.atleast_2d(scores))
 
 
-def ease_weights(x, lam: float) -> np.ndarray:
-    """EASE's closed form: ``P = (X^T X + lam I)^-1``, ``B = I - P diag(1 / diag(P))``, zero diagonal."""
-    gram = (x.T @ x).toarray().astype(np.float64)
-    gram[np.diag_indices_from(gram)] += lam
-    p = np.linalg.inv(gram)
-    weights = -p / np.diag(p)
-    np.fill_diagonal(weights, 0.0)
-    return weights
-
-
 def ease(train: TrainData, users: pl.Series, n: int, *, lam: float = 200.0, max_items: int = 10_000
          ) -> pl.DataFrame:
     """EASE (Steck 2019) on the ``max_items`` most engaged items: ``B = I - P / diag(P)``, zero diagonal.
 
     Dense in the kept items (memory ``8 max_items^2`` bytes, time cubic), so the
-    catalogue is cut to the most engaged items; users are scored on those.
+    catalogue is cut to the most engaged items; users are scored on those. The
+    weights are the ``ease`` channel's (:func:`recall.channels.ease.ease_weights`).
     """
+    from recall.channels.ease import ease_weights
+
     ranking = item_popularity(train).head(max_items)
     kept = np.sort(ranking[IIDX].to_numpy())
     idx = known_users(train, users)

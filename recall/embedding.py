@@ -53,7 +53,23 @@ from recall.errors import RecallError
 from recall.sparse import blocks, chunk_rows, csr_to_frame, row_blocks, top_k_per_row
 
 
-class EmbeddingParams(ChannelParams):
+class IndexParams(ChannelParams):
+    """faiss index settings (:class:`VectorIndex`), for every channel that searches vectors."""
+
+    ann: Literal["auto", "exact", "hnsw", "ivf"] = Field(
+        "auto", description="faiss index: exact inner product, HNSW or IVF; auto: exact up to ann_threshold")
+    ann_threshold: int = Field(50_000, ge=1, description="items with vectors above which auto uses HNSW")
+    hnsw_m: int = Field(32, ge=4, description="HNSW links per node")
+    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW candidate list size while building")
+    hnsw_ef_search: int = Field(128, ge=8, description="HNSW candidate list size while searching "
+                                                       "(raised to k when k is larger)")
+    ivf_nlist: int = Field(1024, ge=1, description="IVF cells (k-means centroids); capped at items / 39")
+    nprobe: int = Field(16, ge=1, description="IVF cells searched per query")
+    faiss_threads: int = Field(0, ge=0, description="faiss OpenMP threads; 0: faiss default (all cores)")
+    query_block: int = Field(20_000, ge=1, description="queries per faiss search (memory: block x k results)")
+
+
+class EmbeddingParams(IndexParams):
     """Skip-gram training, faiss index and retrieval settings shared by the embedding channels."""
 
     dim: int = Field(64, ge=2, description="vector dimension")
@@ -76,17 +92,6 @@ class EmbeddingParams(ChannelParams):
     user_vector_half_life_days: Span = Field(
         None, gt=0, description="recency half-life of the trigger weights in the user vector "
                                 "(inf or unset: triggers.half_life_days)")
-    ann: Literal["auto", "exact", "hnsw", "ivf"] = Field(
-        "auto", description="faiss index: exact inner product, HNSW or IVF; auto: exact up to ann_threshold")
-    ann_threshold: int = Field(50_000, ge=1, description="items with vectors above which auto uses HNSW")
-    hnsw_m: int = Field(32, ge=4, description="HNSW links per node")
-    hnsw_ef_construction: int = Field(200, ge=8, description="HNSW candidate list size while building")
-    hnsw_ef_search: int = Field(128, ge=8, description="HNSW candidate list size while searching "
-                                                       "(raised to k when k is larger)")
-    ivf_nlist: int = Field(1024, ge=1, description="IVF cells (k-means centroids); capped at items / 39")
-    nprobe: int = Field(16, ge=1, description="IVF cells searched per query")
-    faiss_threads: int = Field(0, ge=0, description="faiss OpenMP threads; 0: faiss default (all cores)")
-    query_block: int = Field(20_000, ge=1, description="queries per faiss search (memory: block x k results)")
     publish_vectors: bool = Field(False, description="also publish embeddings/<channel>.parquet "
                                                      "(item_id, vector)")
 
@@ -146,11 +151,11 @@ class VectorIndex:
     index: object       # the faiss index
     items: np.ndarray   # item index of each faiss row
     kind: str           # "exact", "hnsw" or "ivf"
-    params: EmbeddingParams
+    params: IndexParams
 
     @classmethod
-    def build(cls, vectors: np.ndarray, items: np.ndarray, params: EmbeddingParams) -> "VectorIndex":
-        """Index ``vectors`` (rows of unit norm), whose rows are the items ``items``."""
+    def build(cls, vectors: np.ndarray, items: np.ndarray, params: IndexParams) -> "VectorIndex":
+        """Index ``vectors`` (unit rows for cosines, any rows for inner products) of the items ``items``."""
         import faiss
 
         n, dim = vectors.shape
@@ -255,14 +260,24 @@ def user_weights(data: TrainData, half_life_days: float | None) -> sp.csr_matrix
 def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: int, *,
                  half_life_days: float | None = None, exclude_interacted: bool = True,
                  user_block: int = 20_000, users: np.ndarray | None = None) -> pl.DataFrame:
-    """u2i by user vector: normalise(sum_i w(u, i) v_i), its ``n`` nearest unseen items with cosine > 0.
+    """u2i by user vector: normalise(sum_i w(u, i) v_i), its ``n`` nearest unseen items with cosine > 0."""
+    weights = user_weights(data, half_life_days)
+    return search_queries(data, index, lambda rows: normalise_rows(weights[rows] @ vectors), n,
+                          exclude_interacted=exclude_interacted, user_block=user_block, users=users)
 
+
+def search_queries(data: TrainData, index: VectorIndex, queries_of, n: int, *,
+                   exclude_interacted: bool = True, user_block: int = 20_000,
+                   users: np.ndarray | None = None) -> pl.DataFrame:
+    """u2i by searching one query vector per user: the ``n`` best unseen items with a score > 0.
+
+    ``queries_of(rows)`` gives the float32 query vectors of the user indices
+    ``rows`` (a slice or an index array); users with a zero vector get nothing.
     faiss cannot skip a different set of items per query, so each user asks for
     ``n`` plus the number of indexed items they engaged with (rounded up to a power
     of two, so users are searched in a few groups of equal ``k``) and the engaged
     ones are removed from the answer.
     """
-    weights = user_weights(data, half_life_days)
     seen = data.interactions.tocsr()
     indexed = np.zeros(data.n_items, dtype=bool)
     indexed[index.items] = True
@@ -270,7 +285,7 @@ def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: in
     frames = []
     for chunk in row_blocks(users, data.n_users, user_block):
         size = len(chunk_rows(chunk))
-        queries = normalise_rows(weights[chunk] @ vectors)
+        queries = np.asarray(queries_of(chunk), dtype=np.float32)
         active = np.flatnonzero(np.abs(queries).sum(axis=1) > 0)
         block_seen = seen[chunk]
         extra = np.zeros(size, dtype=np.int64)
@@ -358,5 +373,5 @@ class EmbeddingChannel(I2IChannel):
         return {f"embeddings/{self.name}.parquet": table}
 
 
-__all__ = ["EmbeddingChannel", "EmbeddingParams", "VectorIndex", "neighbour_table", "normalise_rows",
-           "search_users", "skipgram"]
+__all__ = ["EmbeddingChannel", "EmbeddingParams", "IndexParams", "VectorIndex", "neighbour_table",
+           "normalise_rows", "search_queries", "search_users", "skipgram"]

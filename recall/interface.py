@@ -88,6 +88,14 @@ class Channel(ABC):
         """Further tables to publish, keyed by path inside the run (e.g. ``hot/<crowd>.parquet``)."""
         return {}
 
+    def facts(self) -> dict:
+        """JSON-ready facts about the fitted model for the run's manifest (``channel_facts``).
+
+        For what a fit left out or capped, e.g. the items EASE cut to bound its
+        memory; empty by default.
+        """
+        return {}
+
 
 class I2IChannel(Channel):
     """A channel defined by an item-to-item similarity matrix, recalled through trigger expansion."""

@@ -78,6 +78,7 @@ class FittedChannel:
     i2i: pl.DataFrame | None
     extra: dict[str, pl.DataFrame]
     seconds: float
+    facts: dict = field(default_factory=dict)
 
 
 def fit_model(name: str, cfg: Config, train: TrainData) -> FittedChannel:
@@ -88,7 +89,7 @@ def fit_model(name: str, cfg: Config, train: TrainData) -> FittedChannel:
     fault_point(f"channel:{name}")
     i2i = channel.similar_items(train)
     extra = channel.extra_tables(train)
-    return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started)
+    return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started, channel.facts())
 
 
 def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutput:
@@ -333,6 +334,8 @@ def _record_model(pub, model: FittedChannel) -> None:
         pub.write_table(f"i2i/{model.name}.parquet", model.i2i)
     for relative, table in model.extra.items():
         pub.write_table(relative, table)
+    if model.facts:
+        pub.manifest.setdefault("channel_facts", {})[model.name] = model.facts
 
 
 def _write_candidates(pub, candidates: dict[str, pl.DataFrame], merged: pl.DataFrame, shard: int,

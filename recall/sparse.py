@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
@@ -44,6 +48,22 @@ def top_k_per_row(m: sp.csr_matrix, k: int, exclude=None, levels: int = 256) -> 
     rows, cols, values = rows[selected], cols[selected], values[selected]
     indptr = np.concatenate(([0], np.cumsum(np.bincount(rows, minlength=m.shape[0]))))
     return sp.csr_matrix((values, cols, indptr), shape=m.shape)
+
+
+def top_k_dense(block: np.ndarray, k: int) -> sp.csr_matrix:
+    """:func:`top_k_per_row` of a dense block (positive entries only, ties to the smaller column).
+
+    Each row's k-th largest value comes from ``np.partition``; only entries at or
+    above it go into the sparse selection, so no sparse copy of the whole block is made.
+    """
+    if block.shape[1] > k:
+        kth = -np.partition(-block, k - 1, axis=1)[:, k - 1]
+        keep = (block >= kth[:, None]) & (block > 0)
+    else:
+        keep = block > 0
+    rows, cols = np.nonzero(keep)
+    candidates = sp.csr_matrix((block[rows, cols].astype(np.float64), (rows, cols)), shape=block.shape)
+    return top_k_per_row(candidates, k)
 
 
 def _histogram_survivors(values, rows, n_rows, k, levels):
@@ -158,3 +178,56 @@ def chunk_rows(chunk: slice | np.ndarray) -> np.ndarray:
     if isinstance(chunk, slice):
         return np.arange(chunk.start, chunk.stop, dtype=np.int64)
     return chunk
+
+
+def cost_blocks(costs: np.ndarray, max_rows: int, max_cost: int):
+    """Yield ``(start, stop)`` row ranges of at most ``max_rows`` rows and ``max_cost`` total cost.
+
+    A single row costing more than ``max_cost`` gets a block of its own: it
+    cannot be split, and skipping it would silently drop a user.
+
+    Parameters
+    ----------
+    costs : np.ndarray
+        Non-negative cost of each row (an upper bound of the entries it will produce).
+    max_rows, max_cost : int
+        Limits per block.
+
+    Yields
+    ------
+    tuple[int, int]
+        Consecutive ranges covering ``range(len(costs))``.
+    """
+    cumulative = np.cumsum(costs, dtype=np.float64)
+    n = costs.size
+    start = 0
+    while start < n:
+        before = cumulative[start - 1] if start else 0.0
+        stop = int(np.searchsorted(cumulative, before + max_cost, side="right"))
+        stop = min(max(stop, start + 1), start + max_rows, n)
+        yield start, stop
+        start = stop
+
+
+def blockwise_product(left: sp.csr_matrix, right: sp.spmatrix, finish, block: int,
+                      threads: int = 0) -> sp.csr_matrix:
+    """``left @ right``, ``block`` rows of ``left`` at a time, each block kept as ``finish(start, block)``.
+
+    ``finish`` turns the untruncated rows ``start:start + len(block)`` of the
+    product into the rows to keep (e.g. masked and truncated to the top K), so
+    memory holds a few untruncated blocks, never the whole product. scipy's
+    product and numpy's selection release the GIL, so blocks run on ``threads``
+    threads (0: one per core); at most that many untruncated blocks are alive at
+    once, and each block's result does not depend on the thread count.
+    """
+    n = left.shape[0]
+    workers = threads or os.cpu_count() or 1
+    size = min(block, max(1, math.ceil(n / workers)))
+
+    def one(bounds: tuple[int, int]) -> sp.csr_matrix:
+        start, stop = bounds
+        return finish(start, sp.csr_matrix(left[start:stop] @ right))
+
+    with ThreadPoolExecutor(workers) as pool:
+        kept = list(pool.map(one, blocks(n, size)))
+    return sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n, right.shape[1]))

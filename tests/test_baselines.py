@@ -9,6 +9,7 @@ import scipy.sparse as sp
 
 from recall import baselines as B
 from recall import schema as S
+from recall.channels.ease import ease_weights
 from recall.context import TrainData
 from recall.io import Dataset
 from tests.conftest import random_log
@@ -60,7 +61,7 @@ def test_ease_weights_match_numpy_closed_form():
     p = np.linalg.inv(dense.T @ dense + lam * np.eye(12))
     expected = np.eye(12) - p / np.diag(p)[None, :]
     np.fill_diagonal(expected, 0.0)
-    np.testing.assert_allclose(B.ease_weights(x, lam), expected, atol=1e-10)
+    np.testing.assert_allclose(ease_weights(x, lam), expected, atol=1e-10)
     # EASE is the ridge regression of each item on the others: check one column directly.
     j = 3
     others = [i for i in range(12) if i != j]
@@ -73,7 +74,7 @@ def test_ease_lists_follow_the_scores_and_skip_seen_items(train):
     users = train.user_ids
     got = B.ease(train, users, 4, lam=10.0)
     x = train.interactions.toarray().astype(np.float64)
-    weights = B.ease_weights(sp.csr_matrix(x), 10.0)
+    weights = ease_weights(sp.csr_matrix(x), 10.0)
     scores = x @ weights
     scores[x > 0] = -np.inf
     for u, user in enumerate(users.to_list()):

@@ -20,9 +20,12 @@ N = 7
 
 # Extra parameter sets per channel (the defaults are always checked).
 VARIANTS: dict[str, list[dict]] = {
+    "als": [dict(ann="hnsw", faiss_threads=1, aggregate="max", factors=4)],
     "association": [dict(session_gap_hours=12, popularity_normalize=True, top_k=5)],
     "crowd": [dict(min_support=5, min_users=2)],
     "item2vec": [dict(retrieval="user_vector")],
+    "ease": [dict(max_items=6, normalize=True, dtype="float64")],
+    "swing": [dict(max_users_per_item=3, min_user_items=1, normalize=False)],
 }
 CASES = [(name, {}) for name in sorted(CHANNELS)] + [
     (name, params) for name, variants in sorted(VARIANTS.items()) if name in CHANNELS for params in variants]

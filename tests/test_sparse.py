@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recall.sparse import csr_to_frame, row_normalise_max, top_k_per_row
+from recall.sparse import csr_to_frame, row_normalise_max, top_k_dense, top_k_per_row
 import polars as pl
 
 
@@ -30,6 +30,21 @@ def test_top_k_per_row_matches_sorting(seed, k, levels):
         for negative, c in keep:
             expected[c] = -negative
         np.testing.assert_array_equal(got[r], expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [1, 3, 8, 40, 80])
+def test_top_k_dense_equals_top_k_per_row(seed, k):
+    """The dense selection keeps exactly what the sparse one keeps, ties and negatives included."""
+    rng = np.random.default_rng(seed)
+    dense = rng.integers(-3, 4, size=(25, 60)).astype(np.float32)
+    if seed % 2:
+        dense = dense * rng.random((25, 60)).astype(np.float32)
+    dense[4] = -1.0  # a row without positive entries
+    got = top_k_dense(dense, k)
+    expected = top_k_per_row(sp.csr_matrix(dense.astype(np.float64)), k)
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got.toarray(), expected.toarray())
 
 
 def test_csr_to_frame_ranks_by_score_then_column():

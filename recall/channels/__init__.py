@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from recall.channels.als import ALS
 from recall.channels.association import Association
 from recall.interface import Channel, ChannelParams, I2IChannel, expand_triggers
 from recall.channels.crowd import Crowd
+from recall.channels.ease import EASE
 from recall.channels.deepwalk import DeepWalk
 from recall.channels.eges import EGES, GES
 from recall.channels.item2vec import Item2Vec
@@ -12,11 +14,15 @@ from recall.channels.itemcf import ItemCF
 from recall.channels.node2vec import Node2Vec
 from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
+from recall.channels.swing import Swing
 from recall.channels.usercf import UserCF
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
     ItemCF.name: ItemCF,
+    Swing.name: Swing,
+    EASE.name: EASE,
+    ALS.name: ALS,
     UserCF.name: UserCF,
     RankI2I.name: RankI2I,
     Association.name: Association,

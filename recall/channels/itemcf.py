@@ -27,8 +27,6 @@ the untruncated table at a time.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -40,7 +38,7 @@ from recall.interface import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
 from recall.decay import halving
 from recall.errors import RecallError
-from recall.sparse import blocks, row_normalise_max, top_k_per_row
+from recall.sparse import blockwise_product, row_normalise_max, top_k_per_row
 
 
 class ItemCFParams(ChannelParams):
@@ -131,18 +129,7 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
                            shape=(n_rows, n_rows))
     neighbourhood = (kernel @ y).tocsr() if max_gap else y
 
-    def block_of(bounds: tuple[int, int]) -> sp.csr_matrix:
-        start, stop = bounds
-        return finish(start, sp.csr_matrix(weighted_t[start:stop] @ neighbourhood))
-
-    # scipy's product and numpy's selection release the GIL, so blocks run on threads;
-    # at most `workers` untruncated blocks are alive at once, and each block's result
-    # does not depend on the thread count.
-    workers = p.threads or os.cpu_count() or 1
-    size = min(p.item_block, max(1, math.ceil(n_items / workers)))
-    with ThreadPoolExecutor(workers) as pool:
-        kept = list(pool.map(block_of, blocks(n_items, size)))
-    return sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_items, n_items))
+    return blockwise_product(weighted_t, neighbourhood, finish, p.item_block, p.threads)
 
 
 def truncate_block(p: ItemCFParams, categories: np.ndarray | None):

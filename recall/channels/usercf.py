@@ -47,7 +47,7 @@ from recall import schema as S
 from recall.interface import BehaviorList, Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
 from recall.decay import DAY, halving
-from recall.sparse import csr_to_frame, row_indices, top_k_per_row
+from recall.sparse import cost_blocks, csr_to_frame, row_indices, top_k_per_row
 
 NEIGHBORS_TABLE = "u2u/usercf.parquet"
 
@@ -90,35 +90,6 @@ def engagement_pairs(data: TrainData, p: UserCFParams) -> pl.DataFrame:
             .with_columns(n_u=pl.len().over(UIDX))
             .filter(pl.col("n_u") <= p.max_user_items)
             .sort(UIDX, IIDX))
-
-
-def cost_blocks(costs: np.ndarray, max_rows: int, max_cost: int):
-    """Yield ``(start, stop)`` row ranges of at most ``max_rows`` rows and ``max_cost`` total cost.
-
-    A single row costing more than ``max_cost`` gets a block of its own: it
-    cannot be split, and skipping it would silently drop a user.
-
-    Parameters
-    ----------
-    costs : np.ndarray
-        Non-negative cost of each row (an upper bound of the entries it will produce).
-    max_rows, max_cost : int
-        Limits per block.
-
-    Yields
-    ------
-    tuple[int, int]
-        Consecutive ranges covering ``range(len(costs))``.
-    """
-    cumulative = np.cumsum(costs, dtype=np.float64)
-    n = costs.size
-    start = 0
-    while start < n:
-        before = cumulative[start - 1] if start else 0.0
-        stop = int(np.searchsorted(cumulative, before + max_cost, side="right"))
-        stop = min(max(stop, start + 1), start + max_rows, n)
-        yield start, stop
-        start = stop
 
 
 def user_similarity(x: sp.csr_matrix, p: UserCFParams) -> sp.csr_matrix:
