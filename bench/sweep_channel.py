@@ -38,7 +38,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", type=Path, required=True)
     parser.add_argument("--channel", required=True)
-    parser.add_argument("--grid", action="append", default=[], help="param=v1,v2,... (TOML values, e.g. top_k=50,100 or dtype=\"float32\")")
+    parser.add_argument("--grid", action="append", default=[],
+                        help='param=v1,v2,... (TOML values, e.g. top_k=50,100 or dtype="float32")')
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     parser.add_argument("--window", choices=["validation", "test"], default="validation")
     args = parser.parse_args()
@@ -93,7 +94,8 @@ def main() -> None:
         scores = metrics(candidates.filter(pl.col(S.RANK) <= max(ks)), targets, ks, n_items)
         shown = " | ".join(str(v) for v in values) if keys else "config"
         print(f"| {shown} | " + " | ".join(f"{scores[k]['recall']:.4f}" for k in ks)
-              + f" | {scores[ks[-1]]['ndcg']:.4f} | {scores[ks[-1]]['coverage']:.3f} | {seconds:.1f} |", flush=True)
+              + f" | {scores[ks[-1]]['ndcg']:.4f} | {scores[ks[-1]]['coverage']:.3f} | {seconds:.1f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

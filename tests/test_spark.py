@@ -300,7 +300,8 @@ def test_unsupported_channels_without_fallback_are_refused(tmp_path):
     names = [n for n in CHANNELS if n not in SPARK_CHANNELS]
     if not names:
         pytest.skip("every registered channel has a Spark implementation")
-    cfg = config(tmp_path, tmp_path / "out", keep=(names[0],))
+    # Enabled explicitly: the first such channel may be off in configs/default.toml (swing is).
+    cfg = config(tmp_path, tmp_path / "out", [f"channels.{names[0]}.enabled=true"], keep=(names[0],))
     with pytest.raises(RecallError, match=names[0]):
         run_spark(cfg, local_fallback=False)
 

@@ -25,9 +25,9 @@ positive definite for ``lambda > 0``), so the peak is about one such matrix plus
 a row block: the default 10,000 items take 0.4 GB in float32 (0.8 GB in float64),
 20,000 items 1.6 GB (3.2 GB), 30,000 items 3.6 GB (7.2 GB). Time grows as
 ``max_items^3`` (about ``n^3`` flops for the factorisation and inverse: on two
-cores about 10 s at 10,000 items and 1.5 min at 20,000, see BENCHMARKS.md). float32 halves memory and time and is ample
-for a ranking (the regularised Gram is well conditioned); use float64 to
-compare against a reference.
+cores about 6 s at 10,000 items and 30-90 s at 20,000, see BENCHMARKS.md).
+float32 halves memory and time and is ample for a ranking (the regularised Gram
+is well conditioned); use float64 to compare against a reference.
 """
 
 from __future__ import annotations
