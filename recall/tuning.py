@@ -587,6 +587,13 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
                                 settings.step, min_quota=settings.min_quota, max_quota=caps, prefer=prefer,
                                 refine=settings.refine)
         tuned = {n: fixed.get(n, found.quotas.get(n, 0)) for n in names}
+        # Greedy steps can miss a corner: if one free channel given the whole budget scores
+        # better, that allocation stands (the fixed channels keep their slots).
+        corners = {n: {**{m: 0 for m in free}, n: caps.get(n, budget - sum(fixed.values())), **fixed}
+                   for n in free if settings.min_quota == 0}
+        best_corner = max(corners, key=lambda n: score(corners[n]), default=None)
+        if best_corner is not None and score(corners[best_corner]) > score(tuned) + TOLERANCE:
+            tuned = {n: corners[best_corner].get(n, 0) for n in names}
         equal = equal_quotas(names, budget)
         scores = {"tuned": score(tuned), "equal": score(equal), "configured": score(configured)}
         gain = paired_gain(cfg, validations, tuned, configured, k)

@@ -364,3 +364,12 @@ def test_parameter_search_picks_the_best_crowd_variant_on_validation():
     assert [value for value, variant in values if variant == chosen][0] == pytest.approx(best)
     text = result.to_toml()
     assert tomllib.loads(text)["channels"]["crowd"]["rank_by"] == chosen["rank_by"]
+
+
+def test_tune_never_ends_below_the_best_single_channel_on_validation():
+    cfg = config(budget=8, reserve=2)
+    for seed in (1, 2, 3):
+        result = tune(cfg, dataset(seed), settings=TuneConfig(validation_windows=1, search_params=False, min_z=0,
+                                                              validation_days=2, step=4, k=5, refine=False))
+        # scores["tuned"] is the searched allocation's validation score; alone: each channel with the budget.
+        assert result.scores["tuned"] >= max(result.alone.values()) - 1e-12
