@@ -194,7 +194,9 @@ def _channel_sections(p: Profile, engaged: list[str], ratings: bool) -> list[str
 def _filter_sections(p: Profile, ratings: bool) -> list[str]:
     buys = p.behaviors.get("buy", 0) > 0
     lines = ["", "[filters.purchase]",
-             "enabled = true" if buys else "enabled = false                  # no purchases in the log",
+             *(["enabled = true", "estimate = true                  # each category's block from its repurchase "
+                "intervals in the log"] if buys else
+               ["enabled = false                  # no purchases in the log"]),
              "", "[filters.diversity]"]
     category, brand = "category_id" in p.item_columns, "brand_id" in p.item_columns
     if ratings or not (category or brand):

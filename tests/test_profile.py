@@ -67,4 +67,5 @@ def test_starting_config_for_a_behaviour_log_keeps_retargeting_and_filters():
     cfg = Config.model_validate(tomllib.loads(starting_config(profile(Dataset(events, items)), "d")))
     assert cfg.channels["retarget"].enabled and cfg.channels["retarget"].strict
     assert cfg.filters.diversity.enabled and cfg.filters.diversity.max_per_brand == 20
+    assert cfg.filters.purchase.enabled == ("buy" in events["behavior"].cast(str).to_list())
     assert cfg.triggers.window_days == 30.0
