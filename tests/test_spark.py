@@ -367,3 +367,14 @@ def test_spark_conf_parsing():
             parse_spark_conf([bad])
     settings = settings_of(load_config(REPO / "configs" / "default.toml"), "spark://h:7077", conf)
     assert settings.master == "spark://h:7077" and settings.conf == conf
+
+
+def test_crowd_volume_mode_parity_with_a_widened_window(spark, tmp_path):
+    """Votes of distinct engaged users, decayed, in a window widened to min_support: both engines alike."""
+    off = [f"channels.{name}.enabled=false" for name in SPARK_CHANNELS if name != "crowd"]
+    extra = [*off, "channels.crowd.rank_by='volume'", "channels.crowd.window_days=0.25",
+             "channels.crowd.min_support=400", "channels.crowd.min_users=3", "channels.crowd.half_life_days=1.5",
+             "filters.purchase.enabled=false", "filters.diversity.enabled=false", "candidates_per_user=12"]
+    local, distributed = both_engines(spark, tie_dataset(5), tmp_path, extra)
+    names = assert_same_runs(Path(local["published"]), Path(distributed["published"]))
+    assert "hot/crowds.parquet" in names and "channels/crowd.parquet" in names

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -109,6 +109,20 @@ def crowd_key(attributes: list[str]) -> pl.Expr:
     if not attributes:
         return pl.lit(GLOBAL)
     return pl.concat_str([pl.lit(f"{a}=") + pl.col(a).cast(pl.String) for a in attributes], separator=",")
+
+
+def widened_window(days: float | None, now: int, first_ts: int, min_support: int,
+                   count_since: Callable[[float], int]) -> float | None:
+    """The hot lists' window: ``days`` doubled while it holds fewer than ``min_support`` engagements.
+
+    ``count_since(t)`` counts the engagements at or after ``t`` (each engine counts its
+    own way). None means all history: no window, or one reaching past the first event.
+    """
+    if days is None:
+        return None
+    while now - days * DAY > first_ts and count_since(now - days * DAY) < min_support:
+        days *= 2
+    return None if now - days * DAY <= first_ts else days
 
 
 def file_name(key: str) -> str:
@@ -198,18 +212,14 @@ class Crowd(Channel):
 
     def _window(self, data: TrainData) -> float | None:
         """``window_days``, doubled while the whole window holds fewer than ``min_support`` engagements."""
-        days = self.params.window_days
-        if days is None:
-            return None
         ts = data.engaged()[S.TS].sort().to_numpy()
-        first = int(ts[0]) if ts.size else data.now
-        while data.now - days * 86400 > first and \
-                ts.size - np.searchsorted(ts, data.now - days * 86400) < self.params.min_support:
-            days *= 2
+        days = widened_window(self.params.window_days, data.now, int(ts[0]) if ts.size else data.now,
+                              self.params.min_support, lambda since: ts.size - int(np.searchsorted(ts, since)))
         if days != self.params.window_days:
-            log.info("%s: the last %g days hold fewer than %d engagements; hot lists use %g days",
-                     self.name, self.params.window_days, self.params.min_support, days)
-        return None if data.now - days * 86400 <= first else days
+            log.info("%s: the last %s days hold fewer than %d engagements; hot lists use %s", self.name,
+                     self.params.window_days, self.params.min_support,
+                     "all history" if days is None else f"{days:g} days")
+        return days
 
     def _votes(self, events: pl.DataFrame, now: int) -> pl.DataFrame:
         """``user_idx, item_idx, is_click, vote``: the rows the crowd scores count.

@@ -5,7 +5,8 @@ missing value ends a user's chain). Per crowd and item, over the window: clicks
 and impressions; the score is the smoothed CTR (the global level with a Beta prior
 fitted to the items' counts -- a catalogue-sized table, fitted on the driver by
 :func:`recall.ctr.fit_beta_prior` -- each finer level shrunk towards its parent's
-score) or the click share. Supported crowds (``min_support`` clicks by ``min_users``
+score) or the share of decayed engaged-user votes (the local channel's volume mode,
+with its window widening and decay functions). Supported crowds (``min_support`` clicks by ``min_users``
 users; global always) keep their ``top_k`` items. Every known user gets the list of
 the finest supported crowd they belong to, back-filled from the coarser ones,
 minus engaged items, with a running minimum on the scores.
@@ -23,7 +24,9 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name
+from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name, widened_window
+from recall.context import ENGAGED
+from recall.decay import DAY, halving
 from recall.errors import RecallError
 from recall.spark.data import SparkData
 from recall.spark.ops import long_table
@@ -89,20 +92,31 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
     ids = [f"_crowd{level}" for level in levels]
     users = known_users(data, attributes).select(
         S.USER, *[crowd_key(attributes[:level]).alias(ids[level]) for level in levels])
+    engaged = data.events.filter(F.col(S.BEHAVIOR).isin(*ENGAGED))
+    first = engaged.agg(F.min(S.TS).alias("t")).first()["t"]
+    days = widened_window(p.window_days, data.now, data.now if first is None else int(first), p.min_support,
+                          lambda since: engaged.filter(F.col(S.TS) >= F.lit(since)).count())
     events = data.events
-    if p.window_days is not None:
-        events = events.filter(F.col(S.TS) >= F.lit(data.now - p.window_days * 86400))
-    events = (events.filter(F.col(S.BEHAVIOR).isin("impression", "click"))
-              .select(S.USER, S.ITEM, (F.col(S.BEHAVIOR) == "click").alias("_click"))
-              .join(users, S.USER, "left"))
-    flags = events.agg(F.max((~F.col("_click")).cast("int")).alias("imp"),
-                       F.max(F.col("_click").cast("int")).alias("clk")).first()
-    has_impressions, has_clicks = bool(flags["imp"]), bool(flags["clk"])
-    window = "all" if p.window_days is None else f"the last {p.window_days:g}"
+    if days is not None:
+        events = events.filter(F.col(S.TS) >= F.lit(data.now - days * DAY))
+    window = "all" if days is None else f"the last {days:g}"
+    has_impressions = events.filter(F.col(S.BEHAVIOR) == "impression").limit(1).count() > 0
     if p.rank_by == "ctr" and not has_impressions:
         raise RecallError(f"channels.{name}.rank_by = 'ctr' needs impression events in {window} days "
                           "and there are none; use rank_by = 'auto' or 'volume'")
     mode = p.rank_by if p.rank_by != "auto" else ("ctr" if has_impressions else "volume")
+    if mode == "ctr":
+        events = (events.filter(F.col(S.BEHAVIOR).isin("impression", "click"))
+                  .select(S.USER, S.ITEM, (F.col(S.BEHAVIOR) == "click").alias("_click"), F.lit(0.0).alias("_vote")))
+    else:
+        # One vote per engaged (user, item), decayed by its latest engagement (the local channel's rows).
+        half_life = None if p.half_life_days is None else p.half_life_days * DAY
+        events = (events.filter(F.col(S.BEHAVIOR).isin(*ENGAGED)).groupBy(S.USER, S.ITEM)
+                  .agg(F.max(S.TS).alias("_ts"))
+                  .select(S.USER, S.ITEM, F.lit(True).alias("_click"),
+                          (F.lit(1.0) * halving(F.lit(data.now) - F.col("_ts"), half_life)).alias("_vote")))
+    events = events.join(users, S.USER, "left")
+    has_clicks = events.filter("_click").limit(1).count() > 0
     if not has_clicks:
         log.warning("%s: no clicks in %s days, so every hot list is empty; widen channels.%s.window_days",
                     name, window, name)
@@ -117,9 +131,10 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
         group = [F.col(crowd).alias(CROWD)] + ([F.col(ids[level - 1]).alias("_parent")] if level else [])
         counts = (scoped.groupBy(*group, S.ITEM)
                   .agg(F.sum(F.col("_click").cast("double")).alias("_c"),
-                       F.sum((~F.col("_click")).cast("double")).alias("_n")))
+                       F.sum((~F.col("_click")).cast("double")).alias("_n"),
+                       F.sum("_vote").alias("_v")))
         if mode == "volume":
-            score = F.col("_c") / F.sum("_c").over(Window.partitionBy(CROWD))
+            score = F.col("_v") / F.sum("_v").over(Window.partitionBy(CROWD))
         else:
             clicks = F.least(F.col("_c"), F.col("_n"))
             if level == 0:
