@@ -152,9 +152,10 @@ def main() -> None:
     parser.add_argument("--channels", default="all", choices=["all", "fast"],
                         help=f"all: every channel recall init enables; fast: {', '.join(FAST)}")
     parser.add_argument("--write", action="store_true", help="replace the quality section of BENCHMARKS.md")
+    parser.add_argument("--render", action="store_true", help="run nothing: write the stored runs (with --write)")
     args = parser.parse_args()
     runs = []
-    for name in args.datasets.split(","):
+    for name in [] if args.render else args.datasets.split(","):
         folder = prepared(name)
         if folder is None:
             continue
@@ -166,8 +167,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     store = OUT / "quality.json"
     stored = {(r["dataset"], r["protocol"]): r for r in (json.loads(store.read_text()) if store.exists() else [])}
-    stored.update({(r["dataset"], r["protocol"]): {**r, "command": "python bench/bench_quality.py "
-                                                   + " ".join(sys.argv[1:])} for r in runs})
+    command = "python bench/bench_quality.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
+    stored.update({(r["dataset"], r["protocol"]): {**r, "command": command.strip()} for r in runs})
     ordered = [stored[key] for key in sorted(stored, key=lambda k: (list(datasets()).index(k[0])
                                                                       if k[0] in datasets() else 99, k[1]))]
     store.write_text(json.dumps(ordered, indent=1, default=str))
