@@ -186,7 +186,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     # Candidates are needed for every user with a target, repeat targets included (the item segments).
     user_frame = pairs.select(S.USER).unique().sort(S.USER)
     users = user_frame[S.USER]
-    n_items = train.engaged()[S.ITEM].n_unique()
+    n_items = train.n_items  # the catalogue at T (items with any event before T, or listed)
     depth = max(max(ks), cfg.candidates_per_user)
     names = cfg.enabled_channels()
     outputs = fit_channels(cfg, train, names, step, n=depth + cfg.filters.reserve)
