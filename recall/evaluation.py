@@ -125,7 +125,7 @@ def baselines(cfg: Config) -> dict[str, B.Baseline]:
             t, u, n, factors=als.factors, iterations=als.iterations, regularization=als.regularization,
             alpha=als.alpha)
     if ecfg.ease_max_items > 0:
-        methods["ease"] = lambda t, u, n: B.ease(t, u, n, lam=ecfg.ease_lambda, max_items=ecfg.ease_max_items)
+        methods["ease_baseline"] = lambda t, u, n: B.ease(t, u, n, lam=ecfg.ease_lambda, max_items=ecfg.ease_max_items)
 
     def served(method: B.Baseline) -> B.Baseline:
         if method is B.popularity:

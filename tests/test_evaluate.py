@@ -145,9 +145,9 @@ def test_report_has_every_part(small_report):
     report = small_report
     names = {r["name"] for r in report["results"]}
     assert {"itemcf", "usercf", "crowd", "merged", "merged_equal", "merged_unfiltered", "popularity",
-            "popularity_recent", "implicit_bm25", "implicit_als", "ease"} <= names
+            "popularity_recent", "implicit_bm25", "implicit_als", "ease_baseline"} <= names
     # Every baseline is served as a deployment would: users it cannot serve get popular items.
-    for name in ("implicit_bm25", "implicit_als", "ease"):
+    for name in ("implicit_bm25", "implicit_als", "ease_baseline"):
         row = next(r for r in report["results"] if r["name"] == name and r["segment"] == "all" and r["k"] == 8)
         pop = next(r for r in report["results"] if r["name"] == "popularity" and r["segment"] == "all"
                    and r["k"] == 8)
