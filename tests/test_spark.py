@@ -142,42 +142,22 @@ TIES = [
 ]
 
 
-def fixed_category_codes(data):
-    """The documented rule of :func:`recall.channels.itemcf.category_codes`: -1 where the category is unknown."""
-    if data.items is None or "category_id" not in data.items.columns:
-        return None
-    column = (pl.DataFrame({"item_id": data.item_ids})
-              .join(data.items.select("item_id", pl.col("category_id").cast(pl.String)), on="item_id",
-                    how="left", maintain_order="left")["category_id"])
-    return column.cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
-
-
-def local_null_category_bug() -> bool:
-    """Whether the local engine gives a null integer category_id a real category code.
-
-    ``TrainData.item_column`` goes through numpy, so an Int64 column with nulls comes
-    back as float NaN and ``category_codes`` turns it into the category "NaN": items of
-    unknown category then count as one shared category under ``same_category`` instead
-    of being excluded. The Spark engine follows the documented rule (unknown: no pair).
-    """
+def test_a_null_category_is_unknown_not_a_category():
+    """The documented rule of :func:`recall.channels.itemcf.category_codes`: -1 where the category is
+    unknown, so items of unknown category never pair under ``same_category`` (as the Spark engine does)."""
     from recall.channels.itemcf import category_codes
     from recall.context import TrainData
 
-    events = pl.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "behavior": ["click", "click"],
-                           "ts": [1_700_000_000, 1_700_000_001]})
-    items = pl.DataFrame({"item_id": [1, 2], "category_id": pl.Series([None, 5], dtype=pl.Int64)})
-    return int(category_codes(TrainData.build(Dataset(events=events, items=items)))[0]) != -1
+    events = pl.DataFrame({"user_id": [1, 1, 1], "item_id": [1, 2, 3], "behavior": ["click"] * 3,
+                           "ts": [1_700_000_000, 1_700_000_001, 1_700_000_002]})
+    items = pl.DataFrame({"item_id": [1, 2, 3], "category_id": pl.Series([None, 5, None], dtype=pl.Int64)})
+    codes = category_codes(TrainData.build(Dataset(events=events, items=items)))
+    assert codes[0] == -1 and codes[2] == -1 and codes[1] >= 0
 
 
-def test_random_log_with_ties_parity(spark, tmp_path, monkeypatch):
+def test_random_log_with_ties_parity(spark, tmp_path):
     if "item2vec" not in CHANNELS:
         pytest.skip("the item2vec channel is not registered")
-    if local_null_category_bug():
-        # Until recall/channels/itemcf.py is fixed, the oracle gets the documented rule
-        # (delete this once local_null_category_bug() is False).
-        import recall.channels.itemcf as itemcf
-
-        monkeypatch.setattr(itemcf, "category_codes", fixed_category_codes)
     local, distributed = both_engines(spark, tie_dataset(3), tmp_path, TIES, keep=("item2vec",))
     names = assert_same_runs(Path(local["published"]), Path(distributed["published"]))
     assert "channels/item2vec.parquet" in names

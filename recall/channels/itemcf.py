@@ -150,11 +150,14 @@ def truncate_block(p: ItemCFParams, categories: np.ndarray | None):
 
 def category_codes(data: TrainData) -> np.ndarray | None:
     """Category of each item index as a small integer, -1 where unknown."""
-    categories = data.item_column(S.CATEGORY)
-    if categories is None:
+    if data.items is None or S.CATEGORY not in data.items.columns:
         return None
-    codes = pl.Series(categories).cast(pl.String).cast(pl.Categorical).to_physical()
-    return codes.fill_null(-1).cast(pl.Int64).to_numpy()
+    # Aligned in polars, not through numpy: a null integer category must stay null (unknown, -1),
+    # not become the float NaN that would read as one shared category "NaN".
+    column = (pl.DataFrame({S.ITEM: data.item_ids})
+              .join(data.items.select(S.ITEM, pl.col(S.CATEGORY).cast(pl.String)), on=S.ITEM, how="left",
+                    maintain_order="left")[S.CATEGORY])
+    return column.cast(pl.Categorical).to_physical().cast(pl.Int64).fill_null(-1).to_numpy()
 
 
 def required_categories(data: TrainData, channel: str) -> np.ndarray:
