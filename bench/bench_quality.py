@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 OUT = HERE / "out"
 SHARED = REPO.parent / "shared" / "data"
 KS = (50, 100, 200)
-FAST = ("itemcf", "usercf", "ranki2i", "association", "crowd", "retarget", "swing", "ease", "als")
+FAST = ("itemcf", "usercf", "ranki2i", "association", "crowd", "interest", "retarget", "swing", "ease", "als")
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 
 

@@ -156,7 +156,7 @@ def _list(values: list[str]) -> str:
 # The hot list backs every user (and is all a user without history gets), so it starts large.
 PRIOR_SHARES = {"itemcf": 0.1, "usercf": 0.1, "ranki2i": 0.1, "association": 0.1, "item2vec": 0.05,
                 "deepwalk": 0.05, "node2vec": 0.05, "eges": 0.05, "ease": 0.05, "als": 0.05, "swing": 0.05,
-                "crowd": 0.25}
+                "interest": 0.1, "crowd": 0.25}
 SESSION_CHANNELS = ("item2vec", "deepwalk", "node2vec", "eges")
 
 
@@ -174,7 +174,11 @@ def _channel_sections(p: Profile, engaged: list[str], ratings: bool) -> list[str
         if name == "swing" and not ratings:
             # Validation: users of a behaviour log rarely share two items (taobao-84k R@200 0.0007).
             lines.append("enabled = false                  # behaviour log: few user pairs share two items")
-        if name == "crowd":
+        if name == "interest" and "category_id" not in p.item_columns:
+            lines.append("enabled = false                  # no category_id column in the items table")
+        if name == "interest":
+            lines.append("# size_exponent and popularity_half_life_days are chosen by `recall tune` on validation")
+        elif name == "crowd":
             lines += [f"attributes = {_list(p.crowd_attributes)}   # low-cardinality users-table columns, "
                       "coarse first" if p.crowd_attributes
                       else "attributes = []                  # no users table: the global hot list",

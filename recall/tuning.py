@@ -438,7 +438,8 @@ def _toml_value(value) -> str:
 # --- channel parameters chosen on validation ------------------------------------------------------
 
 SEARCH_SPACE_TEXT = {"crowd": {"attributes": "every prefix of the configured list",
-                               "rank_by": ["ctr", "volume"], "half_life_days": [7, 14, 30, "inf"]}}
+                               "rank_by": ["ctr", "volume"], "half_life_days": [7, 14, 30, "inf"]},
+                     "interest": {"size_exponent": [0, 0.5, 1], "popularity_half_life_days": [7, 14, 30, "inf"]}}
 
 
 def crowd_variants(params) -> list[dict]:
@@ -449,42 +450,54 @@ def crowd_variants(params) -> list[dict]:
             if not (r == "ctr" and h != params.half_life_days)]  # the CTR mode does not decay
 
 
+def interest_variants(params) -> list[dict]:
+    """Interest recall: raw popularity or share of the category, and how fast popularity votes decay."""
+    return [dict(size_exponent=e, popularity_half_life_days=h)
+            for e in (0.0, 0.5, 1.0) for h in (7.0, 14.0, 30.0, None)]
+
+
+# Channels whose parameters have no safe universal default: the variants worth trying.
+PARAM_VARIANTS = {"crowd": crowd_variants, "interest": interest_variants}
+
+
 def search_channel_params(cfg: Config, validations: Sequence[Validation], metric: str, k: int
                           ) -> tuple[Config, dict[str, dict]]:
     """Channel parameters with no safe universal default, chosen by the channel's own metric@K on validation.
 
-    Today the crowd hot list: whether demographic crowds beat the global list, whether
-    CTR or engaged users rank it, how fast votes decay, all depend on the data. A
-    variant that cannot fit (CTR without impressions) is skipped.
+    The crowd hot list: whether demographic crowds beat the global list, whether CTR
+    or engaged users rank it, how fast votes decay. Interest recall: whether a
+    category's items rank by raw popularity or by their share of the category, and
+    how fast popularity decays. Both depend on the data. A variant that cannot fit
+    (CTR without impressions) is skipped.
     """
     from recall.channels import get_channel
 
     chosen: dict[str, dict] = {}
-    if "crowd" not in cfg.enabled_channels():
-        return cfg, chosen
-    base = cfg.channels["crowd"]
-    total = sum(v.users for v in validations)
-    best, best_value = None, -1.0
-    for variant in crowd_variants(base):
-        params = base.model_copy(update=variant)
-        value = 0.0
-        try:
-            for v in validations:
-                channel = get_channel("crowd")(params).fit(v.train)
-                users = v.targets.select(S.USER).unique()
-                idx = np.sort(v.train.user_index(users[S.USER]))
-                frame = channel.recommend(v.train, k, idx[idx >= 0])
-                value += v.users * metrics(frame, v.targets, [k], 1)[k][metric]
-        except RecallError:
+    channels = dict(cfg.channels)
+    total = max(sum(v.users for v in validations), 1)
+    for name, variants in PARAM_VARIANTS.items():
+        if name not in cfg.enabled_channels():
             continue
-        if value / max(total, 1) > best_value + TOLERANCE:
-            best, best_value = variant, value / max(total, 1)
-    if best is not None:
-        chosen["crowd"] = best
-        channels = dict(cfg.channels)
-        channels["crowd"] = base.model_copy(update=best)
-        cfg = cfg.model_copy(update={"channels": channels})
-    return cfg, chosen
+        base = cfg.channels[name]
+        best, best_value = None, -1.0
+        for variant in variants(base):
+            params = base.model_copy(update=variant)
+            value = 0.0
+            try:
+                for v in validations:
+                    channel = get_channel(name)(params).fit(v.train)
+                    users = v.targets.select(S.USER).unique()
+                    idx = np.sort(v.train.user_index(users[S.USER]))
+                    frame = channel.recommend(v.train, k, idx[idx >= 0])
+                    value += v.users * metrics(frame, v.targets, [k], 1)[k][metric]
+            except RecallError:
+                continue
+            if value / total > best_value + TOLERANCE:
+                best, best_value = variant, value / total
+        if best is not None:
+            chosen[name] = best
+            channels[name] = base.model_copy(update=best)
+    return cfg.model_copy(update={"channels": channels}), chosen
 
 
 def restricted(validation: Validation, users: pl.DataFrame) -> Validation:

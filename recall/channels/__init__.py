@@ -9,6 +9,7 @@ from recall.channels.crowd import Crowd
 from recall.channels.ease import EASE
 from recall.channels.deepwalk import DeepWalk
 from recall.channels.eges import EGES, GES
+from recall.channels.interest import Interest
 from recall.channels.item2vec import Item2Vec
 from recall.channels.itemcf import ItemCF
 from recall.channels.node2vec import Node2Vec
@@ -28,6 +29,7 @@ CHANNELS: dict[str, type[Channel]] = {
     Association.name: Association,
     Retarget.name: Retarget,
     Crowd.name: Crowd,
+    Interest.name: Interest,
     Item2Vec.name: Item2Vec,
     DeepWalk.name: DeepWalk,
     Node2Vec.name: Node2Vec,
