@@ -44,10 +44,10 @@ import numpy as np
 import polars as pl
 
 from recall import schema as S
-from recall.config import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
+from recall.sections import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
 from recall.errors import RecallError
 
-if TYPE_CHECKING:  # recall.context imports recall.config, which will import this module
+if TYPE_CHECKING:  # annotations only
     from recall.context import TrainData
 
 log = logging.getLogger("recall")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recall import schema as S
-from recall.config import TriggerConfig
+from recall.sections import TriggerConfig
 from recall.context import ENGAGED
 from recall.errors import RecallError
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from recall import schema as S
 from recall.errors import RecallError
-from recall.config import SparkSettings
+from recall.sections import SparkSettings
 
 log = logging.getLogger("recall")
 

@@ -23,7 +23,7 @@ from pyspark.sql import functions as F
 
 from recall import schema as S
 from recall.errors import RecallError
-from recall.config import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
+from recall.sections import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
 from recall.filters import DAY, FILTERS, KEY
 from recall.spark.data import SparkData
 
