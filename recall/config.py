@@ -137,3 +137,29 @@ def load_config_files(paths: Sequence[str | Path], overrides: list[str] | None =
         return Config.model_validate(raw)
     except ValidationError as exc:
         raise RecallError(_format_validation_error(exc, source)) from None
+
+
+__all__ = ["Config", "load_config", "load_config_files",
+           "ALSConfig",
+           "BlacklistConfig",
+           "DataConfig",
+           "DiversityConfig",
+           "EvalConfig",
+           "FiltersConfig",
+           "MergeConfig",
+           "OutputConfig",
+           "PurchaseFilterConfig",
+           "QUOTA_KEYS",
+           "RunConfig",
+           "SegmentsConfig",
+           "SparkSettings",
+           "Strict",
+           "TriggerConfig",
+           "TuneConfig",
+           "USER_SEGMENTS",
+           "apply_overrides",
+           "merge_config_dicts",
+           "merge_config_files",
+           "parse_override",
+           "read_toml",
+]

@@ -85,7 +85,7 @@ def known_users(data: SparkData, attributes: list[str]) -> DataFrame:
 
 
 def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -> CrowdTables:
-    from recall.ctr import fit_beta_prior
+    from recall.ctr import fit_beta_prior, posterior_mean, shrunk
 
     attributes = usable_attributes(data, p, name)
     levels = range(len(attributes) + 1)
@@ -143,11 +143,10 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
                 table = per_item.orderBy(S.ITEM).toArrow()
                 prior = fit_beta_prior(table.column("c").to_numpy(), table.column("n").to_numpy(),
                                        method=p.prior_method, min_items=p.min_prior_items)
-                score = (clicks + F.lit(prior.a)) / (F.col("_n") + F.lit(prior.a) + F.lit(prior.b))
+                score = posterior_mean(clicks, F.col("_n"), F.lit(prior.a), F.lit(prior.b))
             else:
                 counts = counts.join(parent, ["_parent", S.ITEM], "left")
-                k = F.lit(p.prior_strength)
-                score = (clicks + k * F.col("_parent_score")) / (F.col("_n") + k)
+                score = shrunk(clicks, F.col("_n"), F.col("_parent_score"), F.lit(p.prior_strength))
         counts = counts.withColumn(S.SCORE, score)
         parent = counts.select(F.col(CROWD).alias("_parent"), S.ITEM, F.col(S.SCORE).alias("_parent_score"))
         cells.append(counts.select(CROWD, F.lit(level).alias(LEVEL), S.ITEM, "_c", S.SCORE))

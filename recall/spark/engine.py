@@ -6,7 +6,7 @@ Parquet tables of ``data.dir``), same outputs (``i2i/<channel>.parquet``,
 ``manifest.json``, ``_SUCCESS``), published atomically through
 :func:`recall.publish.publish`.
 
-Channels with a Spark implementation (:data:`SPARK_CHANNELS`): itemcf, association,
+Channels with a Spark implementation (:data:`SPARK_CHANNELS`): itemcf, swing, association,
 usercf, retarget, crowd, ranki2i. Any other enabled channel (the embedding channels)
 is trained by its local implementation on the driver, as in a local run, and its
 tables are written into the same run and merged by Spark with the others; the
@@ -145,6 +145,12 @@ def _ranki2i(data, p, name):
     return ranki2i_table(data, p, name)
 
 
+def _swing(data, p, name):
+    from recall.spark.swing import swing_table
+
+    return swing_table(data, p)
+
+
 def _usercf(data, p, n, writer: TableWriter, name: str):
     from recall.channels.usercf import NEIGHBORS_TABLE
     from recall.spark.usercf import engagement_pairs, neighbour_table, usercf_candidates
@@ -174,6 +180,7 @@ def _crowd(data, p, n, writer: TableWriter, name: str):
 
 SPARK_CHANNELS: dict[str, ChannelJob] = {
     "itemcf": _i2i_job(_itemcf),
+    "swing": _i2i_job(_swing),
     "usercf": _usercf,
     "ranki2i": _i2i_job(_ranki2i),
     "association": _i2i_job(_association),
@@ -283,7 +290,7 @@ def _run(cfg, spark, settings: SparkSettings, lock, names: list[str], local_name
     from recall.spark.merge import merge_channels
 
     with step("load data"):
-        data = SparkData.load(spark, cfg.data.dir, triggers=cfg.triggers)
+        data = SparkData.load(spark, cfg.data.dir, triggers=cfg.triggers, seed=cfg.seed)
     run_date = cfg.output.run_date or (dt.datetime.fromtimestamp(data.max_ts, tz=dt.timezone.utc).date()
                                        + dt.timedelta(days=1)).isoformat()
     n = cfg.candidates_per_user + cfg.filters.reserve
