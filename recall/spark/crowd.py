@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name, widened_window
+from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name, usable_attributes, widened_window
 from recall.context import ENGAGED
 from recall.decay import DAY, halving
 from recall.errors import RecallError
@@ -44,23 +44,6 @@ class CrowdTables:
     extra: dict[str, object]  # relative path -> polars frame of one crowd list (small)
 
 
-def usable_attributes(data: SparkData, p: CrowdParams, name: str) -> list[str]:
-    wanted = p.attributes
-    if not wanted:
-        return []
-    if data.users is None:
-        log.warning("%s: no users table, so no crowds from %s; serving the global hot list "
-                    "(add users.parquet to the data folder, or set channels.%s.attributes = [])",
-                    name, ", ".join(wanted), name)
-        return []
-    usable = [a for a in wanted if a in data.users.columns]
-    if not usable:
-        others = [c for c in data.users.columns if c != S.USER]
-        raise RecallError(
-            f"the users table has none of channels.{name}.attributes ({', '.join(wanted)}); "
-            f"its columns are {', '.join(others) or 'none besides user_id'}: list some of them, "
-            f"or set attributes = [] for the global hot list only")
-    return usable
 
 
 def crowd_key(attributes: list[str]):
@@ -87,7 +70,7 @@ def known_users(data: SparkData, attributes: list[str]) -> DataFrame:
 def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -> CrowdTables:
     from recall.ctr import fit_beta_prior, posterior_mean, shrunk
 
-    attributes = usable_attributes(data, p, name)
+    attributes = usable_attributes(p.attributes, None if data.users is None else data.users.columns, name)
     levels = range(len(attributes) + 1)
     ids = [f"_crowd{level}" for level in levels]
     users = known_users(data, attributes).select(
