@@ -21,10 +21,6 @@ least one target) from K-truncated lists (``rank <= K``):
   like retargeting, can hit those).
 - **Recall curve**: Recall@K for every K = 1..K_max from one pass over the hits
   (each hit at rank r adds ``1 / (targets of its user x users)`` to every K >= r).
-
-This module imports nothing that imports :mod:`recall.config`, so the config
-sections of the evaluation (:class:`SegmentsConfig`, :class:`ALSConfig`) and of
-tuning (:class:`TuneConfig`) live here and ``recall/config.py`` can import them.
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ import numpy as np
 import polars as pl
 
 from recall import schema as S
-from recall.config import SegmentsConfig
+from recall.sections import SegmentsConfig
 
 CHANNEL = "channel"
 OTHER = "other"

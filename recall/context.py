@@ -10,7 +10,7 @@ import polars as pl
 import scipy.sparse as sp
 
 from recall import schema as S
-from recall.config import TriggerConfig
+from recall.sections import TriggerConfig
 from recall.decay import halving
 from recall.io import Dataset
 

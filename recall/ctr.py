@@ -84,11 +84,29 @@ class BetaPrior:
     def smooth(self, clicks, impressions) -> np.ndarray:
         """Posterior mean ``(c + a) / (n + a + b)``, element-wise."""
         clicks, impressions = _check_counts(clicks, impressions)
-        return (clicks + self.a) / (impressions + self.a + self.b)
+        return posterior_mean(clicks, impressions, self.a, self.b)
 
     @classmethod
     def from_mean(cls, mean: float, strength: float, method: str) -> "BetaPrior":
         return cls(a=float(mean * strength), b=float((1.0 - mean) * strength), method=method)
+
+
+def posterior_mean(clicks, impressions, a: float, b: float):
+    """``(c + a) / (n + a + b)``: the smoothed rate under a ``Beta(a, b)`` prior.
+
+    Python operators only, so the same function builds numpy arrays and Spark
+    columns (:mod:`recall.spark.crowd`, :mod:`recall.spark.ranki2i`); no checks here
+    (:meth:`BetaPrior.smooth` checks the counts first).
+    """
+    return (clicks + a) / (impressions + a + b)
+
+
+def shrunk(clicks, impressions, parent_rate, strength):
+    """``(c + k m) / (n + k)``: the rate shrunk towards a parent rate ``m`` with strength ``k``.
+
+    Python operators only (numpy arrays or Spark columns), like :func:`posterior_mean`.
+    """
+    return (clicks + strength * parent_rate) / (impressions + strength)
 
 
 def _check_counts(clicks, impressions) -> tuple[np.ndarray, np.ndarray]:
@@ -213,7 +231,7 @@ def smoothed_ctr(clicks, impressions, prior: BetaPrior | None = None, **fit_opti
 def shrink(clicks, impressions, prior_mean, strength: float) -> np.ndarray:
     """Hierarchical smoothing towards a per-entry parent rate: ``(c + k m) / (n + k)``."""
     clicks, impressions = _check_counts(clicks, impressions)
-    return (clicks + strength * np.asarray(prior_mean, dtype=np.float64)) / (impressions + strength)
+    return shrunk(clicks, impressions, np.asarray(prior_mean, dtype=np.float64), strength)
 
 
-__all__ = ["BetaPrior", "PriorMethod", "fit_beta_prior", "shrink", "smoothed_ctr"]
+__all__ = ["BetaPrior", "PriorMethod", "fit_beta_prior", "posterior_mean", "shrink", "shrunk", "smoothed_ctr"]

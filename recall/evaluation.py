@@ -162,6 +162,44 @@ def _rows(name: str, kind: str, segment: str, values: dict, seconds: float) -> l
             for k, v in values.items()]
 
 
+def target_segments(cfg: Config, train: TrainData, pairs: pl.DataFrame, targets: pl.DataFrame,
+                    user_frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The targets of each segment: all, warm (history before T), cold / light / heavy users,
+    new / repeat items (``pairs`` holds every target with its repeat flag)."""
+    engaged_users = train.engaged().select(S.USER).unique()
+    by_user = A.user_segments(train.engaged().join(user_frame, on=S.USER, how="semi"), user_frame,
+                              cfg.eval.segments)
+    segments = {"all": targets, "warm": targets.join(engaged_users, on=S.USER, how="semi")}
+    for name in A.USER_SEGMENTS:
+        segments[name] = targets.join(by_user.filter(pl.col(A.SEGMENT) == name), on=S.USER, how="semi")
+    segments["new_items"] = pairs.filter(~pl.col(REPEAT)).select(S.USER, S.ITEM)
+    segments["repeat_items"] = pairs.filter(pl.col(REPEAT)).select(S.USER, S.ITEM)
+    return segments
+
+
+def score_merges(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData, equal: dict[str, int],
+                 other_quotas: dict[str, dict[str, int]] | None, n_users: int, record, step: Step
+                 ) -> dict[str, dict[str, float]]:
+    """Merge (configured quotas, with and without filters; equal quotas; ``other_quotas``), ``record``
+    each with its time; return the slots each channel filled in the two main merges."""
+    names = list(candidates)
+    with step("merge and filter"):
+        started = time.perf_counter()
+        merged, unfiltered, _ = merge_outputs(cfg, candidates, train)
+        seconds = time.perf_counter() - started
+        record("merged", "merged", merged, seconds)
+        record("merged_unfiltered", "merged", unfiltered, seconds)
+    with step("merge with equal quotas"):
+        started = time.perf_counter()
+        merged_equal = merge_with_quotas(cfg, candidates, train, equal)
+        record("merged_equal", "merged", merged_equal, time.perf_counter() - started)
+    for label, other in (other_quotas or {}).items():
+        started = time.perf_counter()
+        record(label, "merged", merge_with_quotas(cfg, candidates, train, {n: other.get(n, 0) for n in names}),
+               time.perf_counter() - started)
+    return {"merged": _slots(merged, names, n_users), "merged_equal": _slots(merged_equal, names, n_users)}
+
+
 def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
              other_quotas: dict[str, dict[str, int]] | None = None) -> dict:
     """Fit every enabled channel on the training window; score it, the merges, the baselines; analyse.
@@ -193,14 +231,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     # Merges and filters work user by user, so keeping only the test users changes no result.
     candidates = {n: o.candidates.join(user_frame, on=S.USER, how="semi") for n, o in outputs.items()}
 
-    engaged_users = train.engaged().select(S.USER).unique()
-    by_user = A.user_segments(train.engaged().join(user_frame, on=S.USER, how="semi"), user_frame,
-                              cfg.eval.segments)
-    segments = {"all": targets, "warm": targets.join(engaged_users, on=S.USER, how="semi")}
-    for name in A.USER_SEGMENTS:
-        segments[name] = targets.join(by_user.filter(pl.col(A.SEGMENT) == name), on=S.USER, how="semi")
-    segments["new_items"] = pairs.filter(~pl.col(REPEAT)).select(S.USER, S.ITEM)
-    segments["repeat_items"] = pairs.filter(pl.col(REPEAT)).select(S.USER, S.ITEM)
+    segments = target_segments(cfg, train, pairs, targets, user_frame)
     rows: list[dict] = []
     segment_rows: list[dict] = []
     scored: dict[str, pl.DataFrame] = {}
@@ -217,24 +248,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
         record(name, "channel", candidates[name], output.seconds)
     quotas = {n: q for n, q in cfg.quotas().items() if n in candidates}
     equal = A.equal_quotas(names, cfg.candidates_per_user)
-    slots: dict[str, dict[str, float]] = {}
-    if names:
-        with step("merge and filter"):
-            started = time.perf_counter()
-            merged, unfiltered, _ = merge_outputs(cfg, candidates, train)
-            seconds = time.perf_counter() - started
-            record("merged", "merged", merged, seconds)
-            record("merged_unfiltered", "merged", unfiltered, seconds)
-        with step("merge with equal quotas"):
-            started = time.perf_counter()
-            merged_equal = merge_with_quotas(cfg, candidates, train, equal)
-            record("merged_equal", "merged", merged_equal, time.perf_counter() - started)
-        for label, other in (other_quotas or {}).items():
-            started = time.perf_counter()
-            record(label, "merged", merge_with_quotas(cfg, candidates, train, {n: other.get(n, 0) for n in names}),
-                   time.perf_counter() - started)
-        slots = {"merged": _slots(merged, names, users.len()), "merged_equal": _slots(merged_equal, names,
-                                                                                        users.len())}
+    slots = score_merges(cfg, candidates, train, equal, other_quotas, users.len(), record, step) if names else {}
     for name, baseline in baselines(cfg).items():
         with step(f"baseline {name}"):
             started = time.perf_counter()

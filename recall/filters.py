@@ -44,10 +44,10 @@ import numpy as np
 import polars as pl
 
 from recall import schema as S
-from recall.config import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
+from recall.sections import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
 from recall.errors import RecallError
 
-if TYPE_CHECKING:  # recall.context imports recall.config, which will import this module
+if TYPE_CHECKING:  # annotations only
     from recall.context import TrainData
 
 log = logging.getLogger("recall")
@@ -211,18 +211,25 @@ def _group_walk(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, first
 
 
-def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig) -> pl.DataFrame:
+def diversity_caps(cfg: DiversityConfig, side_of) -> list[tuple[str, int, object]]:
+    """``(column, cap, side)`` of each set cap whose column the items table has (``side_of(column)``
+    gives the engine's ``item_id, <column>`` table or None); a missing column is skipped with a warning."""
     caps = []
     for column, cap, name in ((S.CATEGORY, cfg.max_per_category, "max_per_category"),
                               (S.BRAND, cfg.max_per_brand, "max_per_brand")):
         if cap == 0:
             continue
-        side = _side_column(data, column)
+        side = side_of(column)
         if side is None:
             log.warning("diversity filter: filters.diversity.%s is set but the items table has no '%s' "
                         "column; that cap is skipped (add the column to items to scatter by it)", name, column)
             continue
         caps.append((column, cap, side))
+    return caps
+
+
+def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig) -> pl.DataFrame:
+    caps = diversity_caps(cfg, lambda column: _side_column(data, column))
     if not caps:
         return frame
     work = frame.select(S.USER, S.ITEM, S.RANK).with_row_index("_row")

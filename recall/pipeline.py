@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import logging
 import platform
@@ -19,6 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 from importlib import metadata
 from pathlib import Path
 
@@ -48,30 +50,25 @@ def no_progress(_: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-@dataclass
-class ChannelOutput:
-    name: str
-    candidates: pl.DataFrame
-    i2i: pl.DataFrame | None
-    seconds: float
-    extra: dict[str, pl.DataFrame] = field(default_factory=dict)
-
-
 def load_data(cfg: Config) -> Dataset:
     data = load_dataset(cfg.data.dir)
     check_id_types(data)
     return data
 
 
-def default_run_date(data: Dataset) -> str:
-    """The day after the last event (UTC): the tables serve that day."""
-    last = dt.datetime.fromtimestamp(int(data.events[S.TS].max()), tz=dt.timezone.utc).date()
+def default_run_date(last_ts: int) -> str:
+    """The day after the last event (``last_ts``, epoch seconds, UTC): the tables serve that day."""
+    last = dt.datetime.fromtimestamp(int(last_ts), tz=dt.timezone.utc).date()
     return (last + dt.timedelta(days=1)).isoformat()
 
 
 @dataclass
 class FittedChannel:
-    """A channel fitted on all events, ready to recommend for any set of users."""
+    """A channel fitted on all events, ready to recommend for any set of users.
+
+    ``candidates`` holds its candidates for every user when the fit was asked for
+    them (``n``), else None (a run recommends shard by shard).
+    """
 
     name: str
     channel: Channel
@@ -79,35 +76,39 @@ class FittedChannel:
     extra: dict[str, pl.DataFrame]
     seconds: float
     facts: dict = field(default_factory=dict)
+    candidates: pl.DataFrame | None = None
 
 
-def fit_model(name: str, cfg: Config, train: TrainData) -> FittedChannel:
-    """Fit one channel and build its user-independent tables (i2i, extras)."""
+def fit_model(name: str, cfg: Config, train: TrainData, n: int | None = None) -> FittedChannel:
+    """Fit one channel and build its user-independent tables (i2i, extras); with ``n``, also its
+    candidates (``n`` per user) for every user."""
     channel = get_channel(name)(cfg.channels.get(name))
     started = time.perf_counter()
     channel.fit(train)
     fault_point(f"channel:{name}")
     i2i = channel.similar_items(train)
     extra = channel.extra_tables(train)
-    return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started, channel.facts())
-
-
-def fit_channel(name: str, cfg: Config, train: TrainData, n: int) -> ChannelOutput:
-    """Fit one channel and produce its candidates (``n`` per user) and its i2i table if any."""
-    started = time.perf_counter()
-    model = fit_model(name, cfg, train)
-    candidates = model.channel.recommend(train, n)
-    return ChannelOutput(name, candidates, model.i2i, time.perf_counter() - started, model.extra)
+    candidates = None if n is None else channel.recommend(train, n)
+    return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started, channel.facts(), candidates)
 
 
 def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
-                 n: int | None = None) -> dict[str, ChannelOutput]:
-    """Fit channels; each lists the budget plus the filters' reserve unless ``n`` is given."""
-    outputs = {}
+                 n: int | None = None, *, recommend: bool = True,
+                 failures: list[dict] | None = None) -> dict[str, FittedChannel]:
+    """Fit channels, each with its candidates for every user unless ``recommend`` is False.
+
+    Each lists the budget plus the filters' reserve unless ``n`` is given. With a
+    ``failures`` list, a channel in ``run.optional_channels`` that fails is recorded
+    there and left out (:func:`tolerated`) instead of failing the call.
+    """
+    depth = (n or cfg.candidates_per_user + cfg.filters.reserve) if recommend else None
+    models = {}
     for name in names:
-        with step(f"channel {name}"):
-            outputs[name] = fit_channel(name, cfg, train, n or cfg.candidates_per_user + cfg.filters.reserve)
-    return outputs
+        label = f"channel {name}" if recommend else f"fit {name}"
+        tolerate = tolerated(cfg, f"channel:{name}", failures) if failures is not None else contextlib.nullcontext()
+        with step(label), tolerate:
+            models[name] = fit_model(name, cfg, train, depth)
+    return models
 
 
 def locked(cfg: Config) -> contextlib.AbstractContextManager[OutputLock]:
@@ -181,8 +182,19 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def _stamp_manifest(pub, cfg: Config, data: Dataset | None, failures: list[dict] | None = None) -> None:
-    """Config, inputs, versions; and for a full run the failures of optional parts and the status."""
+def input_fingerprints(files: dict[str, Path]) -> dict[str, dict]:
+    """The manifest's ``inputs``: a fingerprint of each input file (a folder of part files: its path)."""
+    return {name: fingerprint(Path(path)) if Path(path).is_file() else {"path": str(path)}
+            for name, path in files.items()}
+
+
+def stamp_manifest(pub, cfg: Config, inputs: dict | None, failures: list[dict] | None = None,
+                   libraries: dict[str, str] | None = None, **extra) -> None:
+    """Config, inputs, versions; and for a full run the failures of optional parts and the status.
+
+    ``libraries`` adds engine versions to :func:`library_versions`; ``extra`` adds
+    top-level manifest keys (the Spark engine's ``engine`` record).
+    """
     if failures is not None:
         pub.manifest["failures"] = failures
         pub.manifest["status"] = "degraded" if failures else "complete"
@@ -191,26 +203,28 @@ def _stamp_manifest(pub, cfg: Config, data: Dataset | None, failures: list[dict]
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": cfg.seed,
         "config": cfg.model_dump(mode="json"),
-        "libraries": library_versions(),
+        "libraries": {**library_versions(), **(libraries or {})},
+        **extra,
     })
-    if data is not None:
-        pub.manifest["inputs"] = {name: fingerprint(path) for name, path in data.files.items()}
-
-
-def fit_run_models(cfg: Config, train: TrainData, names: Iterable[str], stage: Step
-                   ) -> tuple[dict[str, FittedChannel], list[dict]]:
-    """Fit the run's channels; a failure of a channel in ``run.optional_channels`` is recorded, not raised."""
-    models, failures = {}, []
-    for name in names:
-        with stage(f"fit {name}"), tolerated(cfg, f"channel:{name}", failures):
-            models[name] = fit_model(name, cfg, train)
-    return models, failures
+    if inputs is not None:
+        pub.manifest["inputs"] = inputs
 
 
 def all_failed(failures: list[dict]) -> RecallError:
     """The error of a run none of whose enabled channels succeeded (each failure named)."""
     return RecallError("every enabled channel failed: " + "; ".join(
         f"{f['part']}: {f['error_type']}: {f['message']}" for f in failures))
+
+
+def record_failure(part: str, exc: Exception, **where) -> dict:
+    """The manifest record of an optional part's failure, logged as an error (call inside ``except``)."""
+    name = part.split(":", 1)[1]
+    failure = {"part": part, **where, "error_type": type(exc).__name__, "message": str(exc),
+               "traceback": traceback.format_exc()}
+    event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
+          "the run is published without it", level=logging.ERROR,
+          channel=name, error_type=failure["error_type"], error=failure["message"])
+    return failure
 
 
 @contextlib.contextmanager
@@ -222,12 +236,7 @@ def tolerated(cfg: Config, part: str, failures: list[dict], **where):
     except Exception as exc:  # any failure of an optional part is tolerated
         if name not in cfg.run.optional_channels:
             raise
-        failure = {"part": part, **where, "error_type": type(exc).__name__, "message": str(exc),
-                   "traceback": traceback.format_exc()}
-        failures.append(failure)
-        event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
-              "the run is published without it", level=logging.ERROR,
-              channel=name, error_type=failure["error_type"], error=failure["message"])
+        failures.append(record_failure(part, exc, **where))
 
 
 @dataclass
@@ -254,79 +263,160 @@ class RunTotals:
             self.removed[key] = self.removed.get(key, 0) + count
 
 
-def run(cfg: Config, step: Step = no_progress) -> dict:
-    """Fit every enabled channel, then recommend, merge, filter and publish shard by shard as one new run.
+# ----------------------------------------------------------------------------- the run skeleton
 
-    Channels are fitted once on all events. Users are split into ``run.shards``
-    shards (:mod:`recall.shards`); each shard's candidates go through the merge and
-    filters and are written before the next shard starts, so the per-user tables
-    in memory hold one shard. The manifest records every stage's time and peak
-    memory (``stages``, :mod:`recall.meter`).
+@dataclass
+class Produced:
+    """What an engine's run wrote, for the summary: per-channel and merged row/user counts."""
+
+    channels: dict[str, dict]
+    merged: dict
+    summary: dict = field(default_factory=dict)  # further summary keys (the engine's name)
+
+
+class Engine(Protocol):
+    """The steps an engine supplies to :func:`run_with`; the skeleton owns everything else.
+
+    ``prepare`` runs before publishing (fits that need no output folder), ``produce``
+    inside the publication (recommend, merge, filter, write the tables). Both record
+    optional channels' failures in ``failures`` (:func:`tolerated`).
     """
-    names = cfg.enabled_channels()
-    if not names:
+
+    def session(self, step: Step) -> contextlib.AbstractContextManager: ...
+    def load(self, cfg: Config, step: Step): ...
+    def last_ts(self, data) -> int: ...
+    def prepare(self, cfg: Config, data, failures: list[dict], step: Step) -> None: ...
+    def produce(self, cfg: Config, data, pub, failures: list[dict], step: Step) -> Produced: ...
+    def manifest(self, data) -> dict: ...
+    def release(self, data) -> None: ...
+
+
+def run_with(engine: Engine, cfg: Config, step: Step = no_progress) -> dict:
+    """The one run skeleton of both engines: lock, data, run date, publication, failures, manifest, summary.
+
+    Holds the output root's lock from start to end; the run date is
+    ``output.run_date`` or the day after the last event; a channel in
+    ``run.optional_channels`` may fail (recorded in the manifest, ``status =
+    "degraded"``); if every enabled channel fails the run fails and nothing is published.
+    """
+    if not cfg.enabled_channels():
         raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
-    meter = StageMeter()
-
-    @contextlib.contextmanager
-    def stage(name: str, progress: str | None = None):
-        with meter.stage(name), (step(progress or name) if progress != "" else contextlib.nullcontext()):
-            yield
-
+    failures: list[dict] = []
     with locked(cfg) as lock:
         fault_point("lock:acquired")
-        with stage("load data"):
+        with engine.session(step):
+            data = engine.load(cfg, step)
+            try:
+                run_date = cfg.output.run_date or default_run_date(engine.last_ts(data))
+                engine.prepare(cfg, data, failures, step)
+                # One "publish" step spans the whole publication: tables are written as they are made.
+                with step("publish"), _publish(cfg, lock, run_date) as pub:
+                    produced = engine.produce(cfg, data, pub, failures, step)
+                    stamp_manifest(pub, cfg, failures=failures, **engine.manifest(data))
+            finally:
+                engine.release(data)
+    return {**summary(pub, produced.channels, produced.merged, failures), **produced.summary}
+
+
+@dataclass
+class LocalData:
+    data: Dataset
+    train: TrainData
+
+
+class LocalEngine:
+    """The local engine's steps: fit every channel once, then recommend, merge, filter and write
+    shard by shard (``run.shards``), so the per-user tables in memory hold one shard. The
+    manifest records every stage's time and peak memory (``stages``, :mod:`recall.meter`)."""
+
+    def __init__(self) -> None:
+        self.meter = StageMeter()
+        self.models: dict[str, FittedChannel] = {}
+        self.blocks: pl.DataFrame | None = None
+
+    @contextlib.contextmanager
+    def stage(self, step: Step, name: str, progress: str | None = None):
+        with self.meter.stage(name), (step(progress or name) if progress != "" else contextlib.nullcontext()):
+            yield
+
+    def session(self, step: Step) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def load(self, cfg: Config, step: Step) -> LocalData:
+        with self.stage(step, "load data"):
             data = load_data(cfg)
-            train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
-        run_date = cfg.output.run_date or default_run_date(data)
-        models, failures = fit_run_models(cfg, train, names, stage)
-        if not models:
+            return LocalData(data, TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed))
+
+    def last_ts(self, data: LocalData) -> int:
+        return int(data.data.events[S.TS].max())
+
+    def prepare(self, cfg: Config, data: LocalData, failures: list[dict], step: Step) -> None:
+        stage = functools.partial(self.stage, step)
+        self.models = fit_channels(cfg, data.train, cfg.enabled_channels(), stage, recommend=False,
+                                   failures=failures)
+        if not self.models:
             raise all_failed(failures)
-        blocks = None
         if cfg.filters.purchase.enabled:
             with stage("purchase blocks"):
-                blocks = purchase_blocks(train, cfg.filters.purchase)
+                self.blocks = purchase_blocks(data.train, cfg.filters.purchase)
+
+    def produce(self, cfg: Config, data: LocalData, pub, failures: list[dict], step: Step) -> Produced:
+        train, models = data.train, self.models
         shards = user_shards(train.user_ids, cfg.run.shards)
         n = cfg.candidates_per_user + cfg.filters.reserve
         totals = RunTotals()
         recommend_seconds = dict.fromkeys(models, 0.0)
-        # One "publish" step spans the whole publication: candidates are written as they are made.
-        with step("publish"), _publish(cfg, lock, run_date) as pub:
-            with stage("write model tables", progress=""):
-                for model in models.values():
-                    _record_model(pub, model)
-            for k, users in enumerate(shards):
-                with step("recommend, merge and filter" + (f" (users shard {k + 1}/{len(shards)})"
-                                                             if len(shards) > 1 else "")):
-                    candidates = {}
-                    for name, model in list(models.items()):
-                        started = time.perf_counter()
-                        with stage(f"recommend {name}", progress=""), \
-                                tolerated(cfg, f"channel:{name}", failures, shard=k):
-                            candidates[name] = model.channel.recommend(train, n, users)
-                        recommend_seconds[name] += time.perf_counter() - started
-                        if name not in candidates:
-                            del models[name]  # failed: the remaining shards go on without it
-                    if not candidates:
-                        raise all_failed(failures)
-                    with stage("merge and filter", progress=""):
-                        merged, _, removed = merge_outputs(cfg, candidates, train, blocks)
-                    with stage("write candidates", progress=""):
-                        _write_candidates(pub, candidates, merged, k, len(shards))
-                    totals.add(candidates, merged, removed)
-                    del candidates, merged
-            timings = pub.manifest.setdefault("timings_seconds", {})
-            for name, model in models.items():
-                timings[f"channel.{name}"] = round(model.seconds + recommend_seconds[name], 3)
-            timings["merge_and_filter"] = round(meter.stages["merge and filter"]["seconds"], 3)
-            pub.manifest["filters_removed"] = totals.removed
-            pub.manifest["shards"] = len(shards)
-            pub.manifest.update(meter.report())
-            _stamp_manifest(pub, cfg, data, failures)
-    channels = {name: {**totals.channels[name], "i2i_rows": None if m.i2i is None else m.i2i.height,
-                       "seconds": round(m.seconds + recommend_seconds[name], 2)}
-                for name, m in models.items()}
-    return summary(pub, channels, totals.merged, failures)
+        with self.stage(step, "write model tables", progress=""):
+            for model in models.values():
+                _record_model(pub, model)
+        for k, users in enumerate(shards):
+            with step("recommend, merge and filter" + (f" (users shard {k + 1}/{len(shards)})"
+                                                         if len(shards) > 1 else "")):
+                candidates = {}
+                for name, model in list(models.items()):
+                    started = time.perf_counter()
+                    with self.stage(step, f"recommend {name}", progress=""), \
+                            tolerated(cfg, f"channel:{name}", failures, shard=k):
+                        candidates[name] = model.channel.recommend(train, n, users)
+                    recommend_seconds[name] += time.perf_counter() - started
+                    if name not in candidates:
+                        del models[name]  # failed: the remaining shards go on without it
+                if not candidates:
+                    raise all_failed(failures)
+                with self.stage(step, "merge and filter", progress=""):
+                    merged, _, removed = merge_outputs(cfg, candidates, train, self.blocks)
+                with self.stage(step, "write candidates", progress=""):
+                    _write_candidates(pub, candidates, merged, k, len(shards))
+                totals.add(candidates, merged, removed)
+                del candidates, merged
+        timings = pub.manifest.setdefault("timings_seconds", {})
+        for name, model in models.items():
+            timings[f"channel.{name}"] = round(model.seconds + recommend_seconds[name], 3)
+        timings["merge_and_filter"] = round(self.meter.stages["merge and filter"]["seconds"], 3)
+        pub.manifest["filters_removed"] = totals.removed
+        pub.manifest["shards"] = len(shards)
+        pub.manifest.update(self.meter.report())
+        channels = {name: {**totals.channels[name], "i2i_rows": None if m.i2i is None else m.i2i.height,
+                           "seconds": round(m.seconds + recommend_seconds[name], 2)}
+                    for name, m in models.items()}
+        return Produced(channels, totals.merged)
+
+    def manifest(self, data: LocalData) -> dict:
+        return {"inputs": input_fingerprints(data.data.files)}
+
+    def release(self, data: LocalData) -> None:
+        pass
+
+
+def run(cfg: Config, step: Step = no_progress) -> dict:
+    """Fit every enabled channel, then recommend, merge, filter and publish shard by shard as one new run.
+
+    The local engine (:class:`LocalEngine`) in the run skeleton (:func:`run_with`):
+    channels are fitted once on all events; users are split into ``run.shards``
+    shards (:mod:`recall.shards`), each shard's candidates go through the merge and
+    filters and are written before the next shard starts.
+    """
+    return run_with(LocalEngine(), cfg, step)
 
 
 def _record_model(pub, model: FittedChannel) -> None:
@@ -362,7 +452,7 @@ def build(cfg: Config, name: str, step: Step = no_progress) -> dict:
         with step("load data"):
             data = load_data(cfg)
             train = TrainData.build(data, triggers=cfg.triggers, seed=cfg.seed)
-        run_date = cfg.output.run_date or default_run_date(data)
+        run_date = cfg.output.run_date or default_run_date(int(data.events[S.TS].max()))
         with step(f"fit {name}"):
             model = fit_model(name, cfg, train)
         shards = user_shards(train.user_ids, cfg.run.shards)
@@ -374,7 +464,7 @@ def build(cfg: Config, name: str, step: Step = no_progress) -> dict:
                 _write_table(pub, f"channels/{name}.parquet", candidates, k, len(shards))
                 totals.add_channel(name, candidates)
             pub.manifest.setdefault("timings_seconds", {})[f"channel.{name}"] = round(model.seconds, 3)
-            _stamp_manifest(pub, cfg, data)
+            stamp_manifest(pub, cfg, input_fingerprints(data.files))
     channels = {name: {**totals.channels[name], "i2i_rows": None if model.i2i is None else model.i2i.height,
                        "seconds": round(model.seconds, 2)}}
     return summary(pub, channels, None)
@@ -406,7 +496,7 @@ def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_pr
                 _write_table(pub, "candidates.parquet", merged, k, n_shards)
                 totals.add({}, merged, removed)
             pub.manifest["filters_removed"] = totals.removed
-            _stamp_manifest(pub, cfg, data)
+            stamp_manifest(pub, cfg, input_fingerprints(data.files))
     return summary(pub, {}, totals.merged)
 
 

@@ -587,9 +587,15 @@ def synthesize(n_users: int, n_items: int, days: int, seed: int,
         (f_user, f_item, np.full(n_f, CLICK, dtype=np.int8), f_click_ts),
         f_deeper,
     ]
-    del row_user, ts
+    del row_user, ts, item
+    return _assemble(parts, cat, users, n_users)  # it empties `parts` once concatenated
+
+
+def _assemble(parts: list[tuple], cat, users, n_users: int) -> Dataset:
+    """The events (``parts``: user, item index, behaviour code, ts arrays), items and users tables,
+    deduplicated, sorted and normalised as :func:`recall.io.load_dataset` would give them."""
     cols = [np.concatenate([p[k] for p in parts]) for k in range(4)]
-    del parts, item
+    parts.clear()  # the caller's list too: the arrays are freed before the frames are built
     codes = pl.Series(cols[2]).replace_strict(dict(enumerate(S.BEHAVIORS)),
                                               return_dtype=BEHAVIOR_DTYPE)
     events = pl.DataFrame({

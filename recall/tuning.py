@@ -51,7 +51,8 @@ import polars as pl
 
 from recall import schema as S
 from recall.analysis import equal_quotas
-from recall.config import Config, TuneConfig
+from recall.config import Config
+from recall.sections import TuneConfig
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluation import evaluation_targets, metrics, split_data

@@ -316,18 +316,21 @@ def test_the_documented_spark_section_is_accepted_and_used():
         Config.model_validate({"spark": {"no_such_key": 1}})
 
 
-def test_config_sits_at_the_bottom_every_section_model_in_it():
-    """config.py imports nothing of recall at module level but schema and errors; the section models of
-    filters, analysis (tune, segments, ALS) and the Spark settings are defined in it."""
+def test_sections_sit_at_the_bottom_every_section_model_in_them():
+    """sections.py imports nothing of recall but schema and errors (anywhere in the file); the section
+    models of filters, analysis (tune, segments, ALS) and the Spark settings are defined in it, and
+    recall.config re-exports them next to Config."""
     import ast
     from pathlib import Path
 
     import recall.config as config
+    import recall.sections as sections
 
-    tree = ast.parse(Path(config.__file__).read_text())
-    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-    modules = {n.module for n in top if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("recall")}
-    assert modules <= {"recall", "recall.errors"}
+    tree = ast.parse(Path(sections.__file__).read_text())
+    found = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and (n.module or "").startswith("recall")}
+    found |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names if a.name.startswith("recall")}
+    assert found <= {"recall", "recall.errors"}
     for name in ("FiltersConfig", "PurchaseFilterConfig", "TuneConfig", "SegmentsConfig", "ALSConfig",
-                 "SparkSettings", "MergeConfig", "EvalConfig"):
-        assert getattr(config, name).__module__ == "recall.config", name
+                 "SparkSettings", "MergeConfig", "EvalConfig", "TriggerConfig"):
+        assert getattr(sections, name).__module__ == "recall.sections", name
+        assert getattr(config, name) is getattr(sections, name), name

@@ -30,7 +30,7 @@ from tests.conftest import REPO, random_log
 
 pytestmark = pytest.mark.spark
 
-SPARK_CHANNELS = ("itemcf", "usercf", "ranki2i", "association", "retarget", "crowd")
+SPARK_CHANNELS = ("itemcf", "swing", "usercf", "ranki2i", "association", "retarget", "crowd")
 # Tiny data, many small jobs: the JVM's quick JIT tier only, no adaptive re-planning and no
 # whole-stage code generation (compiling each plan costs more than running it on this data).
 QUICK_JVM = "-XX:TieredStopAtLevel=1"
@@ -92,7 +92,8 @@ def both_engines(spark, data: Dataset, tmp_path: Path, extra: list[str] = (), ke
 
 
 def test_sample_parity(spark, tmp_path):
-    local, distributed = both_engines(spark, synthesize(300, 200, 7, 0), tmp_path)
+    # Swing is off in configs/default.toml; on here so every Spark channel is compared.
+    local, distributed = both_engines(spark, synthesize(300, 200, 7, 0), tmp_path, ["channels.swing.enabled=true"])
     names = assert_same_runs(Path(local["published"]), Path(distributed["published"]))
     for channel in SPARK_CHANNELS:
         assert f"channels/{channel}.parquet" in names
@@ -132,6 +133,8 @@ TIES = [
     "channels.ranki2i.bucket_hours=6.0", "channels.ranki2i.pair_window_hours=48.0", "channels.ranki2i.ctr_power=0.5",
     "channels.association.popularity_normalize=true", "channels.association.session_gap_hours=24.0",
     "channels.association.window=3", "channels.association.length_normalize=false", "channels.association.top_k=4",
+    "channels.swing.enabled=true", "channels.swing.top_k=4",
+    "channels.swing.min_user_items=3", "channels.swing.user_beta=0.5",
     "channels.usercf.iif=false", "channels.usercf.min_common_items=2", "channels.usercf.top_k_users=3",
     "channels.retarget.aggregate='max'", "channels.retarget.max_per_user=4", "channels.retarget.quota=3",
     "channels.crowd.min_support=15", "channels.crowd.min_users=3", "channels.crowd.window_days=inf",
@@ -170,6 +173,46 @@ def test_random_log_with_ties_parity(spark, tmp_path):
     assert min(manifest["filters_removed"][k] for k in ("purchase", "diversity", "budget")) > 0
     candidates = pl.read_parquet(Path(local["published"]) / "candidates.parquet")
     assert candidates.group_by("user_id").len()["len"].max() == 8
+
+
+SWING_CASES = [  # (params, log seed): plain, unnormalised with an overlap-free alpha, a tight user range
+    ({}, 1),
+    ({"normalize": False, "alpha": 0.0, "user_beta": 0.0, "top_k": 3}, 2),
+    ({"min_user_items": 4, "max_user_items": 9, "window_days": 5.0, "behaviors": ["click", "buy"]}, 3),
+]
+
+
+@pytest.mark.parametrize("params, seed", SWING_CASES)
+def test_swing_table_matches_the_local_swing(spark, params, seed):
+    """Spark's Swing (recall/spark/swing.py) publishes the local Swing's i2i table on a tiny log."""
+    from recall.channels.swing import Swing, SwingParams
+    from recall.context import TrainData
+    from recall.spark.data import SparkData
+    from recall.spark.swing import swing_table
+
+    data = Dataset(events=random_log(seed, n_events=500, n_users=25, n_items=12, days=8))
+    p = SwingParams(**params)
+    local = Swing(p)
+    train = TrainData.build(data, seed=7)
+    local.fit(train)
+    expected = local.similar_items(train)
+    got = pl.from_arrow(swing_table(SparkData.from_dataset(spark, data, seed=7), p).toArrow())
+    assert expected.height > 10
+    assert_same_table(expected, got.cast(dict(expected.schema)), "i2i/swing")
+
+
+def test_swing_sample_keeps_the_cap_per_item(spark):
+    """Above ``max_users_per_item`` the Spark sample keeps exactly the cap, seeded (same draw twice)."""
+    from recall.channels.swing import SwingParams
+    from recall.spark.data import SparkData
+    from recall.spark.swing import engagement, sample_users
+
+    data = SparkData.from_dataset(spark, Dataset(events=random_log(4, n_events=800, n_users=40, n_items=6)), seed=3)
+    rows = engagement(data, SwingParams())
+    sampled = pl.from_arrow(sample_users(rows, 5, 3).toArrow()).sort("item_id", "user_id")
+    assert sampled.group_by("item_id").len()["len"].max() == 5
+    assert sampled.equals(pl.from_arrow(sample_users(rows, 5, 3).toArrow()).sort("item_id", "user_id"))
+    assert not sampled.equals(pl.from_arrow(sample_users(rows, 5, 4).toArrow()).sort("item_id", "user_id"))
 
 
 @pytest.mark.parametrize("strict, backfill", [((), True), (("b",), True), ((), False)])

@@ -66,6 +66,7 @@ from pydantic import Field, model_validator
 from recall import schema as S
 from recall.interface import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
+from recall.decay import log_damping
 from recall.sessions import split_sessions
 from recall.sparse import blocks, row_indices, row_normalise_max, top_k_per_row
 
@@ -98,6 +99,31 @@ class AssociationParams(ChannelParams):
             raise ValueError("forward_weight and backward_weight are both 0, so every pair scores 0; "
                              "give at least one a positive weight")
         return self
+
+
+def distance_weight(d, base: float):
+    """``base^(d - 1)``: a pair ``d`` positions apart (adjacent items weigh 1)."""
+    return base ** (d - 1)
+
+
+def distance_weights(p: AssociationParams) -> list[float]:
+    """The weight of each distance ``d = 1..window``, as a list (index ``d - 1``)."""
+    return [distance_weight(d, p.distance_base) for d in range(1, p.window + 1)]
+
+
+def directions(p: AssociationParams) -> list[tuple[float, bool]]:
+    """``(theta, transposed)`` for each direction with a non-zero weight: a = sum theta * (A or A^T).
+
+    The forward table ``A`` (pairs in time order) enters with ``forward_weight``, its
+    transpose with ``backward_weight``; a direction weighing 0 is left out.
+    """
+    return [(theta, transposed) for theta, transposed in ((p.forward_weight, False), (p.backward_weight, True))
+            if theta > 0]
+
+
+def popularity_powers(counts, alpha: float):
+    """The popularity normalisation's two factors ``(N_i^alpha, N_j^(1 - alpha))`` (numpy)."""
+    return counts ** alpha, counts ** (1.0 - alpha)
 
 
 @dataclass
@@ -133,7 +159,7 @@ def build_sequences(data: TrainData, p: AssociationParams) -> Sequences:
     human = length[user] <= p.max_sequence_length
     user, item, session = user[human], item[human], session[human]
     if p.length_normalize:
-        user_weight = 1.0 / np.log1p(np.maximum(length, 1))  # (users without events get an unused weight)
+        user_weight = log_damping(np.maximum(length, 1))  # (users without events get an unused weight)
         weight = user_weight[user]
     else:
         weight = np.ones(item.size)
@@ -154,7 +180,7 @@ def offset_pairs(seq: Sequences, p: AssociationParams, lo: int, hi: int
     Only pairs inside one session, and of two different items, are yielded.
     """
     n = seq.item.size
-    for d in range(1, p.window + 1):
+    for d, weight in enumerate(distance_weights(p), start=1):
         stop = min(hi, n - d)
         if stop <= lo:
             return
@@ -164,7 +190,7 @@ def offset_pairs(seq: Sequences, p: AssociationParams, lo: int, hi: int
             return  # no session here has d + 1 positions, so none has more
         items_p, items_q = seq.item[first], seq.item[second]
         keep = same & (items_p != items_q)
-        yield items_p[keep], items_q[keep], seq.weight[first][keep] * p.distance_base ** (d - 1)
+        yield items_p[keep], items_q[keep], seq.weight[first][keep] * weight
 
 
 def forward_table(seq: Sequences, p: AssociationParams, n_items: int) -> sp.csr_matrix:
@@ -233,11 +259,7 @@ def association_table(data: TrainData, p: AssociationParams, finish) -> sp.csr_m
     seq = build_sequences(data, p)
     n_items = data.n_items
     forward = forward_table(seq, p, n_items)
-    directed = []  # (theta, table) for each direction with a non-zero weight
-    if p.forward_weight > 0:
-        directed.append((p.forward_weight, forward))
-    if p.backward_weight > 0:
-        directed.append((p.backward_weight, forward.T.tocsr()))
+    directed = [(theta, forward.T.tocsr() if transposed else forward) for theta, transposed in directions(p)]
     popularity = item_popularity(seq, data.n_users, n_items) if p.popularity_normalize else None
     kept = []
     for start, stop in blocks(n_items, p.item_block):
@@ -260,7 +282,8 @@ def normalise_block(p: AssociationParams):
             block = block.copy()
             rows = row_indices(block) + start
             # Every item in a pair is in some sequence, so N_i >= 1 here.
-            block.data = block.data / (popularity[rows] ** p.alpha * popularity[block.indices] ** (1.0 - p.alpha))
+            block.data = block.data / (popularity_powers(popularity[rows], p.alpha)[0]
+                                       * popularity_powers(popularity[block.indices], p.alpha)[1])
         return top_k_per_row(block, p.top_k)
 
     return finish

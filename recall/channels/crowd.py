@@ -125,6 +125,33 @@ def widened_window(days: float | None, now: int, first_ts: int, min_support: int
     return None if now - days * DAY <= first_ts else days
 
 
+def usable_attributes(wanted: list[str], columns: list[str] | None, name: str) -> list[str]:
+    """The configured attributes the users table has (``columns``; None: no users table), in order.
+
+    No users table is harmless (the global hot list only, with a warning); a table with
+    none of the attributes is a RecallError naming its columns. Both engines call this.
+    """
+    if not wanted:
+        return []
+    if columns is None:
+        # Harmless: the channel still does its job as the global hot list.
+        log.warning("%s: no users table, so no crowds from %s; serving the global hot list "
+                    "(add users.parquet to the data folder, or set channels.%s.attributes = [])",
+                    name, ", ".join(wanted), name)
+        return []
+    usable = [a for a in wanted if a in columns]
+    if not usable:
+        others = [c for c in columns if c != S.USER]
+        raise RecallError(
+            f"the users table has none of channels.{name}.attributes ({', '.join(wanted)}); "
+            f"its columns are {', '.join(others) or 'none besides user_id'}: list some of them, "
+            f"or set attributes = [] for the global hot list only")
+    missing = [a for a in wanted if a not in usable]
+    if missing:
+        log.info("%s: users table has no column(s) %s; crowds use %s", name, ", ".join(missing), ", ".join(usable))
+    return usable
+
+
 def file_name(key: str) -> str:
     """A crowd key made safe as one path component (values may hold slashes)."""
     return re.sub(r"[/\\\x00]", "_", key)
@@ -254,27 +281,8 @@ class Crowd(Channel):
         return users.select(UIDX, *ids), names
 
     def _usable_attributes(self, data: TrainData) -> list[str]:
-        wanted = self.params.attributes
-        if not wanted:
-            return []
-        if data.users is None:
-            # Harmless: the channel still does its job as the global hot list.
-            log.warning("%s: no users table, so no crowds from %s; serving the global hot list "
-                        "(add users.parquet to the data folder, or set channels.%s.attributes = [])",
-                        self.name, ", ".join(wanted), self.name)
-            return []
-        usable = [a for a in wanted if a in data.users.columns]
-        if not usable:
-            others = [c for c in data.users.columns if c != S.USER]
-            raise RecallError(
-                f"the users table has none of channels.{self.name}.attributes ({', '.join(wanted)}); "
-                f"its columns are {', '.join(others) or 'none besides user_id'}: list some of them, "
-                f"or set attributes = [] for the global hot list only")
-        missing = [a for a in wanted if a not in usable]
-        if missing:
-            log.info("%s: users table has no column(s) %s; crowds use %s", self.name,
-                     ", ".join(missing), ", ".join(usable))
-        return usable
+        return usable_attributes(self.params.attributes, None if data.users is None else data.users.columns,
+                                 self.name)
 
     def _user_attributes(self, data: TrainData) -> pl.DataFrame:
         """Every known user index with its attribute values (null where unknown)."""

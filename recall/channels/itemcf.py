@@ -36,7 +36,7 @@ from pydantic import Field
 from recall import schema as S
 from recall.interface import BehaviorList, ChannelParams, I2IChannel, Span
 from recall.context import IIDX, UIDX, TrainData
-from recall.decay import halving
+from recall.decay import halving, log_damping
 from recall.errors import RecallError
 from recall.sparse import blockwise_product, row_normalise_max, top_k_per_row
 
@@ -56,6 +56,23 @@ class ItemCFParams(ChannelParams):
     top_k: int = Field(100, ge=1, description="neighbours kept per item")
     item_block: int = Field(20_000, ge=1, description="trigger items per block (memory bound)")
     threads: int = Field(0, ge=0, description="blocks computed in parallel; 0: one per core")
+
+
+def popularity_scales(counts, alpha: float):
+    """The hot-item normalisation split over the two items: ``(N_i^-alpha, N_j^-(1 - alpha))`` (numpy)."""
+    return counts ** -alpha, counts ** -(1.0 - alpha)
+
+
+def max_bucket_gap(p: ItemCFParams) -> int:
+    """``W``: the pair window in buckets (0 without a window: every bucket is 0)."""
+    if p.pair_window_hours is None:
+        return 0
+    return int(math.floor(p.pair_window_hours / p.bucket_hours + 1e-9))
+
+
+def pair_decay(gap, p: ItemCFParams):
+    """``f(gap)``: the time decay between two interactions ``gap`` buckets apart."""
+    return halving(gap * p.bucket_hours, p.decay_half_life_hours)
 
 
 def engagement_rows(data: TrainData, p: ItemCFParams) -> pl.DataFrame:
@@ -86,7 +103,7 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     else:
         bucket_seconds = p.bucket_hours * 3600
         bucket = ((pl.col(S.TS) - pairs[S.TS].min()) // bucket_seconds).cast(pl.Int64)
-        max_gap = int(math.floor(p.pair_window_hours / p.bucket_hours + 1e-9))
+        max_gap = max_bucket_gap(p)
     pairs = pairs.with_columns(bucket=bucket)
     rows = pairs.select(UIDX, "bucket", "n_u").unique([UIDX, "bucket"]).sort(UIDX, "bucket")
     rows = rows.with_row_index("row")
@@ -99,20 +116,16 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     engaged = counts > 0
     trigger_scale = np.zeros(n_items)
     recalled_scale = np.zeros(n_items)
-    trigger_scale[engaged] = counts[engaged] ** -p.alpha
-    recalled_scale[engaged] = counts[engaged] ** -(1.0 - p.alpha)
+    trigger_scale[engaged], recalled_scale[engaged] = popularity_scales(counts[engaged], p.alpha)
     rows_of_pairs = pairs["row"].to_numpy()
     items_of_pairs = pairs[IIDX].to_numpy()
-    user_weight = (1.0 / np.log1p(rows["n_u"].to_numpy().astype(np.float64)) if p.iuf
+    user_weight = (log_damping(rows["n_u"].to_numpy().astype(np.float64)) if p.iuf
                    else np.ones(n_rows))
     y = sp.csr_matrix((recalled_scale[items_of_pairs], (rows_of_pairs, items_of_pairs)),
                       shape=(n_rows, n_items))
     weighted_t = sp.csr_matrix(  # items x rows
         (user_weight[rows_of_pairs] * trigger_scale[items_of_pairs], (items_of_pairs, rows_of_pairs)),
         shape=(n_items, n_rows))
-
-    def decay(gap: int) -> float:
-        return halving(gap * p.bucket_hours, p.decay_half_life_hours)
 
     # The time kernel between a user's buckets: Q[r, r'] = f(gap) for rows r, r' of the
     # same user at most W buckets apart (Q = I without a window). Then
@@ -124,7 +137,7 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
         earlier_rows, later_rows = matched["row"].to_numpy(), matched["later"].to_numpy()
         sources += [earlier_rows, later_rows]
         targets += [later_rows, earlier_rows]
-        weights += [np.full(matched.height, decay(gap))] * 2
+        weights += [np.full(matched.height, pair_decay(gap, p))] * 2
     kernel = sp.csr_matrix((np.concatenate(weights), (np.concatenate(sources), np.concatenate(targets))),
                            shape=(n_rows, n_rows))
     neighbourhood = (kernel @ y).tocsr() if max_gap else y

@@ -83,6 +83,11 @@ class RankI2IParams(ItemCFParams):
         return value
 
 
+def ctr_factor(ctr, power: float):
+    """``ctr ** gamma``: the CTR's weight on the similarity (numpy arrays or Spark columns)."""
+    return ctr if power == 1.0 else ctr ** power
+
+
 def ctr_events(data: TrainData, p: RankI2IParams) -> pl.DataFrame:
     """Events inside the CTR window."""
     if p.ctr_window_days is None:
@@ -225,8 +230,7 @@ class RankI2I(I2IChannel):
                 at = np.minimum(np.searchsorted(pair_keys, keys), pair_keys.size - 1)
                 hit = pair_keys[at] == keys
                 factor = np.where(hit, pair_values[at], factor)
-            if p.ctr_power != 1.0:
-                factor = factor ** p.ctr_power
+            factor = ctr_factor(factor, p.ctr_power)
             weighted = sp.csr_matrix((block.data * factor, block.indices, block.indptr), shape=block.shape)
             return top_k_per_row(weighted, p.top_k)
 

@@ -89,6 +89,19 @@ class SwingParams(ChannelParams):
         return self
 
 
+def user_weight(n_items, p: SwingParams):
+    """``w_u = (user_alpha + |I_u|) ** -user_beta`` (numpy; Spark looks it up per distinct ``|I_u|``)."""
+    return (p.user_alpha + n_items) ** -p.user_beta
+
+
+def pair_weight(w_u, w_v, overlap, p: SwingParams):
+    """``c_uv = w_u * w_v / (alpha + |I_u & I_v|)``: what the pair (u, v) adds to each item pair it holds.
+
+    Python operators only: numpy arrays here, Spark columns in :mod:`recall.spark.swing`.
+    """
+    return w_u * w_v / (p.alpha + overlap)
+
+
 def engagement(data: TrainData, p: SwingParams) -> sp.csr_matrix:
     """Binary users x items engagement, rows of users outside the item-count range emptied."""
     events = data.events.filter(pl.col(S.BEHAVIOR).is_in(p.behaviors))
@@ -126,7 +139,7 @@ def user_weights(x: sp.csr_matrix, p: SwingParams) -> np.ndarray:
     n_u = np.diff(x.indptr).astype(np.float64)
     weights = np.zeros_like(n_u)
     active = n_u > 0
-    weights[active] = (p.user_alpha + n_u[active]) ** -p.user_beta
+    weights[active] = user_weight(n_u[active], p)
     return weights
 
 
@@ -166,7 +179,7 @@ def user_pairs(x: sp.csr_matrix, sampled: sp.csr_matrix, p: SwingParams):
                 continue
             z, u, v, overlap = z[keep], u[keep], v[keep], overlap[keep]
             z_sampled = sp.csr_matrix(sampled[u].multiply(sampled[v])) if is_sampled else z
-            yield z, z_sampled, weights[u] * weights[v] / (p.alpha + overlap)
+            yield z, z_sampled, pair_weight(weights[u], weights[v], overlap, p)
 
 
 def swing_similarity(x: sp.csr_matrix, p: SwingParams, seed: int) -> tuple[sp.csr_matrix, dict]:

@@ -46,7 +46,7 @@ from pydantic import Field
 from recall import schema as S
 from recall.interface import BehaviorList, Channel, ChannelParams, Span, empty_candidates
 from recall.context import IIDX, UIDX, TrainData
-from recall.decay import DAY, halving
+from recall.decay import DAY, halving, log_damping
 from recall.sparse import cost_blocks, csr_to_frame, row_indices, top_k_per_row
 
 NEIGHBORS_TABLE = "u2u/usercf.parquet"
@@ -65,6 +65,12 @@ class UserCFParams(ChannelParams):
     max_block_pairs: int = Field(2_000_000, ge=1,
                                  description="upper bound on (user, co-user) products per block (memory bound)")
     publish_neighbors: bool = Field(True, description=f"publish the user-user table as {NEIGHBORS_TABLE}")
+
+
+def cosine(overlap, n_u, n_v, sqrt=np.sqrt):
+    """``overlap / sqrt(|N(u)| |N(v)|)``; ``sqrt`` is the engine's (numpy's, or Spark's ``F.sqrt``:
+    both correctly rounded, so the scores agree to the last bit)."""
+    return overlap / sqrt(n_u * n_v)
 
 
 def engagement_pairs(data: TrainData, p: UserCFParams) -> pl.DataFrame:
@@ -113,7 +119,8 @@ def user_similarity(x: sp.csr_matrix, p: UserCFParams) -> sp.csr_matrix:
     counts = np.bincount(x.indices, minlength=x.shape[1]).astype(np.float64)
     if p.iif:
         # Items nobody engaged with never appear in a product; any weight will do.
-        item_weight = np.divide(1.0, np.log1p(counts), out=np.zeros_like(counts), where=counts > 0)
+        item_weight = np.zeros_like(counts)
+        item_weight[counts > 0] = log_damping(counts[counts > 0])
     else:
         item_weight = np.ones_like(counts)
     # Items x users with the item weight folded in, so X[block] @ right is the IIF overlap.
@@ -131,7 +138,7 @@ def user_similarity(x: sp.csr_matrix, p: UserCFParams) -> sp.csr_matrix:
         rows = row_indices(block) + start
         cols = block.indices
         # Cosine denominator; the diagonal (a user is not its own neighbour) is zeroed.
-        data = np.where(rows != cols, block.data / np.sqrt(n_u[rows] * n_u[cols]), 0.0)
+        data = np.where(rows != cols, cosine(block.data, n_u[rows], n_u[cols]), 0.0)
         block = sp.csr_matrix((data, cols, block.indptr), shape=block.shape)
         kept.append(top_k_per_row(block, p.top_k_users))
     similarity = sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n_users, n_users))

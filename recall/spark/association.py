@@ -19,7 +19,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.association import AssociationParams
+from recall.channels.association import AssociationParams, directions, distance_weights, popularity_powers
+from recall.decay import log_damping
 from recall.spark.data import SparkData
 from recall.spark.itemcf import finish_table
 from recall.spark.ops import distinct_values, lookup, numpy_lookup, ordered_sum
@@ -53,11 +54,9 @@ def association_scores(data: SparkData, p: AssociationParams) -> DataFrame:
     then position) and combined as ``a = theta_fwd A + theta_bwd A^T``; ``log1p`` and
     ``**`` come from numpy (:func:`recall.spark.ops.numpy_lookup`).
     """
-    import numpy as np
-
     seq = sequences(data, p)
     if p.length_normalize:
-        weights = numpy_lookup(data.spark, distinct_values(seq, "_len"), lambda n: 1.0 / np.log1p(n), "_w")
+        weights = numpy_lookup(data.spark, distinct_values(seq, "_len"), log_damping, "_w")
         seq = seq.join(weights, seq["_len"] == weights["_key"]).drop("_key")
     else:
         seq = seq.withColumn("_w", F.lit(1.0))
@@ -68,16 +67,14 @@ def association_scores(data: SparkData, p: AssociationParams) -> DataFrame:
     pairs = (first.join(seq.select(S.USER, "pos", F.col("session").alias("_s2"), F.col(S.ITEM).alias("_i2")),
                         [S.USER, "pos"])
              .filter((F.col("_s1") == F.col("_s2")) & (F.col("_i1") != F.col("_i2"))))
-    distance = lookup([p.distance_base ** (d - 1) for d in range(1, p.window + 1)], F.col("_d") - 1)
+    distance = lookup(distance_weights(p), F.col("_d") - 1)
     forward = (pairs.select("_i1", "_i2", "_d", S.USER, "_p", (F.col("_w") * distance).alias("_t"))
                .groupBy("_i1", "_i2").agg(ordered_sum("_t", "_d", S.USER, "_p").alias("_a")))
     parts = []
-    if p.forward_weight > 0:
-        parts.append(forward.select(F.col("_i1").alias(S.ITEM), F.col("_i2").alias(S.NEIGHBOR),
-                                    (F.col("_a") * F.lit(p.forward_weight)).alias("_fwd")))
-    if p.backward_weight > 0:
-        parts.append(forward.select(F.col("_i2").alias(S.ITEM), F.col("_i1").alias(S.NEIGHBOR),
-                                    (F.col("_a") * F.lit(p.backward_weight)).alias("_bwd")))
+    for theta, transposed in directions(p):
+        trigger, target = ("_i2", "_i1") if transposed else ("_i1", "_i2")
+        parts.append(forward.select(F.col(trigger).alias(S.ITEM), F.col(target).alias(S.NEIGHBOR),
+                                    (F.col("_a") * F.lit(theta)).alias("_bwd" if transposed else "_fwd")))
     if len(parts) == 2:
         scores = parts[0].join(parts[1], [S.ITEM, S.NEIGHBOR], "full").select(
             S.ITEM, S.NEIGHBOR, F.when(F.col("_fwd").isNull(), F.col("_bwd"))
@@ -88,8 +85,8 @@ def association_scores(data: SparkData, p: AssociationParams) -> DataFrame:
         popularity = seq.select(S.USER, S.ITEM).distinct().groupBy(S.ITEM).agg(
             F.count(F.lit(1)).cast("double").alias("_n"))
         values = distinct_values(popularity, "_n")
-        powers = numpy_lookup(data.spark, values, lambda n: n ** p.alpha, "_pi").join(
-            numpy_lookup(data.spark, values, lambda n: n ** (1.0 - p.alpha), "_pj"), "_key")
+        powers = numpy_lookup(data.spark, values, lambda n: popularity_powers(n, p.alpha)[0], "_pi").join(
+            numpy_lookup(data.spark, values, lambda n: popularity_powers(n, p.alpha)[1], "_pj"), "_key")
         popularity = popularity.join(F.broadcast(powers), popularity["_n"] == powers["_key"])
         n_i = popularity.select(S.ITEM, "_pi")
         n_j = popularity.select(F.col(S.ITEM).alias(S.NEIGHBOR), "_pj")

@@ -24,7 +24,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name, widened_window
+from recall.channels.crowd import CROWD, GLOBAL, CrowdParams, file_name, usable_attributes, widened_window
 from recall.context import ENGAGED
 from recall.decay import DAY, halving
 from recall.errors import RecallError
@@ -44,23 +44,6 @@ class CrowdTables:
     extra: dict[str, object]  # relative path -> polars frame of one crowd list (small)
 
 
-def usable_attributes(data: SparkData, p: CrowdParams, name: str) -> list[str]:
-    wanted = p.attributes
-    if not wanted:
-        return []
-    if data.users is None:
-        log.warning("%s: no users table, so no crowds from %s; serving the global hot list "
-                    "(add users.parquet to the data folder, or set channels.%s.attributes = [])",
-                    name, ", ".join(wanted), name)
-        return []
-    usable = [a for a in wanted if a in data.users.columns]
-    if not usable:
-        others = [c for c in data.users.columns if c != S.USER]
-        raise RecallError(
-            f"the users table has none of channels.{name}.attributes ({', '.join(wanted)}); "
-            f"its columns are {', '.join(others) or 'none besides user_id'}: list some of them, "
-            f"or set attributes = [] for the global hot list only")
-    return usable
 
 
 def crowd_key(attributes: list[str]):
@@ -85,13 +68,26 @@ def known_users(data: SparkData, attributes: list[str]) -> DataFrame:
 
 
 def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -> CrowdTables:
-    from recall.ctr import fit_beta_prior
-
-    attributes = usable_attributes(data, p, name)
+    """The crowd channel's candidates and hot lists, as :class:`recall.channels.crowd.Crowd` computes them."""
+    attributes = usable_attributes(p.attributes, None if data.users is None else data.users.columns, name)
     levels = range(len(attributes) + 1)
     ids = [f"_crowd{level}" for level in levels]
     users = known_users(data, attributes).select(
         S.USER, *[crowd_key(attributes[:level]).alias(ids[level]) for level in levels])
+    events, mode = crowd_events(data, p, name)
+    events = events.join(users, S.USER, "left")
+    support, cells = level_scores(events, ids, mode, p)
+    lists, small, extra = hot_lists(data, p, support, cells, name)
+    recs = crowd_candidates(data, users, ids, lists, small, n)
+    return CrowdTables(candidates=long_table(recs, S.USER, S.ITEM), lists=lists, extra=extra)
+
+
+def crowd_events(data: SparkData, p: CrowdParams, name: str) -> tuple[DataFrame, str]:
+    """``user_id, item_id, _click, _vote`` in the (widened) window, and the mode (``ctr`` or ``volume``).
+
+    CTR mode: impression and click events (``_click`` says which); volume mode: one
+    vote per engaged (user, item), decayed by its latest engagement.
+    """
     engaged = data.events.filter(F.col(S.BEHAVIOR).isin(*ENGAGED))
     first = engaged.agg(F.min(S.TS).alias("t")).first()["t"]
     days = widened_window(p.window_days, data.now, data.now if first is None else int(first), p.min_support,
@@ -115,15 +111,23 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
                   .agg(F.max(S.TS).alias("_ts"))
                   .select(S.USER, S.ITEM, F.lit(True).alias("_click"),
                           (F.lit(1.0) * halving(F.lit(data.now) - F.col("_ts"), half_life)).alias("_vote")))
-    events = events.join(users, S.USER, "left")
-    has_clicks = events.filter("_click").limit(1).count() > 0
-    if not has_clicks:
+    if events.filter("_click").limit(1).count() == 0:
         log.warning("%s: no clicks in %s days, so every hot list is empty; widen channels.%s.window_days",
                     name, window, name)
+    return events, mode
+
+
+def level_scores(events: DataFrame, ids: list[str], mode: str, p: CrowdParams) -> tuple[list, list]:
+    """Per level (coarse to fine): each crowd's support (clicks, users) and its (crowd, item) scores.
+
+    The global level's CTR is smoothed with a Beta prior fitted on the driver, each finer
+    level's shrunk towards its parent crowd's score (:mod:`recall.ctr`); volume mode
+    scores are click shares.
+    """
+    from recall.ctr import fit_beta_prior, posterior_mean, shrunk
 
     support, cells, parent = [], [], None
-    for level in levels:
-        crowd = ids[level]
+    for level, crowd in enumerate(ids):
         scoped = events.filter(F.col(crowd).isNotNull())
         support.append(scoped.filter("_click").groupBy(F.col(crowd).alias(CROWD))
                        .agg(F.count(F.lit(1)).alias("_clicks"), F.countDistinct(S.USER).alias("_users"))
@@ -143,14 +147,19 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
                 table = per_item.orderBy(S.ITEM).toArrow()
                 prior = fit_beta_prior(table.column("c").to_numpy(), table.column("n").to_numpy(),
                                        method=p.prior_method, min_items=p.min_prior_items)
-                score = (clicks + F.lit(prior.a)) / (F.col("_n") + F.lit(prior.a) + F.lit(prior.b))
+                score = posterior_mean(clicks, F.col("_n"), F.lit(prior.a), F.lit(prior.b))
             else:
                 counts = counts.join(parent, ["_parent", S.ITEM], "left")
-                k = F.lit(p.prior_strength)
-                score = (clicks + k * F.col("_parent_score")) / (F.col("_n") + k)
+                score = shrunk(clicks, F.col("_n"), F.col("_parent_score"), F.lit(p.prior_strength))
         counts = counts.withColumn(S.SCORE, score)
         parent = counts.select(F.col(CROWD).alias("_parent"), S.ITEM, F.col(S.SCORE).alias("_parent_score"))
         cells.append(counts.select(CROWD, F.lit(level).alias(LEVEL), S.ITEM, "_c", S.SCORE))
+    return support, cells
+
+
+def hot_lists(data: SparkData, p: CrowdParams, support: list, cells: list, name: str):
+    """The supported crowds' top-K lists: as a Spark table, as polars (small), and the ``hot/*`` files."""
+    import polars as pl
 
     crowds = support[0]
     for frame in support[1:]:
@@ -167,8 +176,6 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
              .withColumn(S.RANK, F.row_number().over(order).cast("int"))
              .filter(F.col(S.RANK) <= p.top_k)
              .select(CROWD, LEVEL, S.ITEM, F.col(S.SCORE).cast("double").alias(S.SCORE), S.RANK))
-    import polars as pl
-
     small = pl.from_arrow(lists.toArrow()).sort(LEVEL, CROWD, S.RANK)  # crowds x top_k rows
     lists = data.spark.createDataFrame(small.to_arrow())
     keys = small[CROWD].unique(maintain_order=True).to_list()
@@ -178,8 +185,16 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
     extra = {f"hot/{file_name(key)}.parquet": small.filter(pl.col(CROWD) == key).select(S.ITEM, S.SCORE, S.RANK)
              for key in keys}
     extra["hot/crowds.parquet"] = small.select(CROWD, S.ITEM, S.SCORE, S.RANK)
+    return lists, small, extra
+
+
+def crowd_candidates(data: SparkData, users: DataFrame, ids: list[str], lists: DataFrame, small, n: int
+                     ) -> DataFrame:
+    """Each user's list: their finest supported crowd's, then its ancestors', engaged items out, top ``n``."""
+    import polars as pl
 
     # Each user's finest supported crowd (coarse to fine: the deepest supported one wins).
+    levels = range(len(ids))
     supported_keys = small.select(CROWD).unique()
     marked = users
     for level in levels:
@@ -198,14 +213,13 @@ def crowd_tables(data: SparkData, p: CrowdParams, n: int, name: str = "crowd") -
               .withColumn("_pos", F.row_number().over(chain_order))
               .select("_finest", S.ITEM, S.SCORE, "_pos"))
     by_position = Window.partitionBy(S.USER).orderBy("_pos")
-    recs = (marked.select(S.USER, "_finest")
+    return (marked.select(S.USER, "_finest")
             .join(F.broadcast(chains), "_finest")
             .join(data.engaged_pairs(), [S.USER, S.ITEM], "left_anti")
             .withColumn(S.RANK, F.row_number().over(by_position))
             .filter(F.col(S.RANK) <= n)
             .withColumn(S.SCORE, F.min(S.SCORE).over(by_position.rowsBetween(Window.unboundedPreceding,
                                                                                Window.currentRow))))
-    return CrowdTables(candidates=long_table(recs, S.USER, S.ITEM), lists=lists, extra=extra)
 
 
-__all__ = ["CrowdTables", "crowd_tables"]
+__all__ = ["CrowdTables", "crowd_candidates", "crowd_events", "crowd_tables", "hot_lists", "level_scores"]

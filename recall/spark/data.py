@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recall import schema as S
-from recall.config import TriggerConfig
+from recall.sections import TriggerConfig
 from recall.context import ENGAGED
 from recall.errors import RecallError
 
@@ -54,9 +54,11 @@ class SparkData:
     users: object | None = None
     triggers: TriggerConfig = field(default_factory=TriggerConfig)
     files: dict[str, Path] = field(default_factory=dict)
+    seed: int = 42  # of seeded samples (Swing's users per item), as ``TrainData.seed``
 
     @classmethod
-    def load(cls, spark, directory: str | Path, triggers: TriggerConfig | None = None) -> "SparkData":
+    def load(cls, spark, directory: str | Path, triggers: TriggerConfig | None = None,
+             seed: int = 42) -> "SparkData":
         """Read and check ``events`` (required), ``items`` and ``users`` (optional) from a data folder."""
         directory = Path(directory)
         if not directory.is_dir():
@@ -77,10 +79,10 @@ class SparkData:
         if (users_path := find_parquet(directory, "users")) is not None:
             files["users"] = users_path
             users = spark.read.parquet(uri(users_path))
-        return cls.from_frames(spark, events, items, users, triggers=triggers, files=files)
+        return cls.from_frames(spark, events, items, users, triggers=triggers, files=files, seed=seed)
 
     @classmethod
-    def from_dataset(cls, spark, data, triggers: TriggerConfig | None = None) -> "SparkData":
+    def from_dataset(cls, spark, data, triggers: TriggerConfig | None = None, seed: int = 42) -> "SparkData":
         """The same tables from an in-memory :class:`recall.io.Dataset` (tests, notebooks)."""
         import polars as pl
 
@@ -93,11 +95,11 @@ class SparkData:
             return spark.createDataFrame(frame.to_arrow())
 
         return cls.from_frames(spark, to_spark(data.events), to_spark(data.items), to_spark(data.users),
-                               triggers=triggers, files=dict(data.files))
+                               triggers=triggers, files=dict(data.files), seed=seed)
 
     @classmethod
     def from_frames(cls, spark, events, items=None, users=None, *, triggers: TriggerConfig | None = None,
-                    files: dict[str, Path] | None = None) -> "SparkData":
+                    files: dict[str, Path] | None = None, seed: int = 42) -> "SparkData":
         from pyspark import StorageLevel
         from pyspark.sql import functions as F
 
@@ -147,7 +149,7 @@ class SparkData:
             raise RecallError(f"'{path}' {problem}")
         max_ts = int(stats["ts_max"])
         return cls(spark=spark, events=events, now=max_ts + 1, max_ts=max_ts, items=items, users=users,
-                   triggers=triggers or TriggerConfig(), files=files)
+                   triggers=triggers or TriggerConfig(), files=files, seed=seed)
 
     def engaged_pairs(self):
         """Distinct ``user_id, item_id`` the user engaged with (click or deeper): never recommended again."""

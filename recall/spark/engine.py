@@ -6,7 +6,7 @@ Parquet tables of ``data.dir``), same outputs (``i2i/<channel>.parquet``,
 ``manifest.json``, ``_SUCCESS``), published atomically through
 :func:`recall.publish.publish`.
 
-Channels with a Spark implementation (:data:`SPARK_CHANNELS`): itemcf, association,
+Channels with a Spark implementation (:data:`SPARK_CHANNELS`): itemcf, swing, association,
 usercf, retarget, crowd, ranki2i. Any other enabled channel (the embedding channels)
 is trained by its local implementation on the driver, as in a local run, and its
 tables are written into the same run and merged by Spark with the others; the
@@ -28,7 +28,7 @@ which object stores do not offer.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import logging
 import os
 import shutil
@@ -39,7 +39,7 @@ from pathlib import Path
 
 from recall import schema as S
 from recall.errors import RecallError
-from recall.config import SparkSettings
+from recall.sections import SparkSettings
 
 log = logging.getLogger("recall")
 
@@ -145,6 +145,12 @@ def _ranki2i(data, p, name):
     return ranki2i_table(data, p, name)
 
 
+def _swing(data, p, name):
+    from recall.spark.swing import swing_table
+
+    return swing_table(data, p)
+
+
 def _usercf(data, p, n, writer: TableWriter, name: str):
     from recall.channels.usercf import NEIGHBORS_TABLE
     from recall.spark.usercf import engagement_pairs, neighbour_table, usercf_candidates
@@ -174,6 +180,7 @@ def _crowd(data, p, n, writer: TableWriter, name: str):
 
 SPARK_CHANNELS: dict[str, ChannelJob] = {
     "itemcf": _i2i_job(_itemcf),
+    "swing": _i2i_job(_swing),
     "usercf": _usercf,
     "ranki2i": _i2i_job(_ranki2i),
     "association": _i2i_job(_association),
@@ -233,18 +240,16 @@ def run_spark(cfg, step=None, *, master: str | None = None, conf: dict[str, str]
         The summary :func:`recall.pipeline.run` returns (run date, folder, per-channel
         rows, users, i2i rows, seconds, candidates by source, failures), plus ``engine``.
 
-    Like the local run, the job holds the output root's lock from start to end, and a
-    channel listed in ``run.optional_channels`` may fail without failing the run (its
-    tables are left out and the failure is recorded in the manifest).
+    The run skeleton is the local engine's (:func:`recall.pipeline.run_with`: lock,
+    run date, optional channels' failures, manifest, publication); this module
+    supplies the Spark steps (:class:`SparkEngine`).
     """
     import contextlib
 
+    from recall.pipeline import run_with
     from recall.spark.session import require_pyspark
 
-    step = step or (lambda _: contextlib.nullcontext())
     names = cfg.enabled_channels()
-    if not names:
-        raise RecallError("no channel is enabled; set channels.<name>.enabled = true in the config")
     if cfg.merge.segment_quotas:
         raise RecallError("merge.segment_quotas is not supported by --engine spark yet: remove the "
                           "[merge.segment_quotas] tables from the config, or run the local engine")
@@ -253,110 +258,127 @@ def run_spark(cfg, step=None, *, master: str | None = None, conf: dict[str, str]
         raise RecallError(f"channel(s) {', '.join(local_names)} have no Spark implementation (Spark runs "
                           f"{', '.join(SPARK_CHANNELS)}); disable them or let them train on the driver")
     require_pyspark()  # before any pyspark import: a missing install is a RecallError naming the fix
-    from recall.pipeline import locked
-    from recall.spark.session import spark_session
+    engine = SparkEngine(settings_of(cfg, master, conf), spark, local_names)
+    return run_with(engine, cfg, step or (lambda _: contextlib.nullcontext()))
 
-    settings = settings_of(cfg, master, conf)
-    owned = False
-    if spark is None:
+
+class SparkEngine:
+    """The Spark engine's steps in the run skeleton: session, data, channel jobs, merge and filters."""
+
+    def __init__(self, settings: SparkSettings, spark=None, local_names: list[str] = ()) -> None:
+        self.settings, self.spark, self.local_names = settings, spark, list(local_names)
+
+    @contextlib.contextmanager
+    def session(self, step):
         from pyspark.sql import SparkSession
 
-        # Stopped at the end only if this call starts it (a notebook's session is left alone).
-        owned = SparkSession.getActiveSession() is None
-    with locked(cfg) as lock:
+        from recall.spark.session import spark_session
+
+        # Stopped at the end only if this run starts it (a notebook's session is left alone).
+        owned = self.spark is None and SparkSession.getActiveSession() is None
         with step("start spark"):
-            spark = spark or spark_session(settings)
+            self.spark = self.spark or spark_session(self.settings)
         try:
-            return _run(cfg, spark, settings, lock, names, local_names, step)
+            yield
         finally:
             if owned:
-                spark.stop()
+                self.spark.stop()
+
+    def load(self, cfg, step):
+        from recall.spark.data import SparkData
+
+        with step("load data"):
+            return SparkData.load(self.spark, cfg.data.dir, triggers=cfg.triggers, seed=cfg.seed)
+
+    def last_ts(self, data) -> int:
+        return data.max_ts
+
+    def prepare(self, cfg, data, failures: list[dict], step) -> None:
+        """Nothing before publishing: Spark writes every table straight into the publication."""
+
+    def produce(self, cfg, data, pub, failures: list[dict], step):
+        from recall.pipeline import Produced, all_failed
+
+        writer = TableWriter(pub, self.spark, single_file=self.settings.single_file)
+        timings: dict[str, float] = {}
+        channels = self._channels(cfg, data, writer, failures, timings, step)
+        if not channels:
+            raise all_failed(failures)
+        with step("merge and filter"):
+            started = time.perf_counter()
+            final, removed = _merge_and_filter(cfg, data, channels, writer)
+            timings["merge_and_filter"] = round(time.perf_counter() - started, 3)
+        with step("summary"):
+            summary = _summary(channels, writer, final, timings)
+        pub.manifest.setdefault("timings_seconds", {}).update(timings)
+        pub.manifest["filters_removed"] = removed
+        return Produced(summary["channels"], summary["candidates"], {"engine": "spark"})
+
+    def _channels(self, cfg, data, writer: TableWriter, failures: list[dict], timings: dict, step) -> dict:
+        """Each enabled channel's candidates (read back from the run), Spark jobs or driver-trained."""
+        from recall.pipeline import record_failure
+
+        n = cfg.candidates_per_user + cfg.filters.reserve
+        channels, train = {}, None
+        for name in cfg.enabled_channels():
+            with step(f"channel {name}"):
+                started = time.perf_counter()
+                written = set(writer.rows)
+                try:
+                    if name in SPARK_CHANNELS:
+                        candidates, _ = SPARK_CHANNELS[name](data, cfg.channels[name], n, writer, name)
+                    else:
+                        log.info("%s has no Spark implementation; training it on the driver", name)
+                        train = train or _local_train(cfg)
+                        candidates = _local_channel(cfg, train, name, n, writer)
+                except Exception as exc:  # any failure of an optional channel is tolerated
+                    if name not in cfg.run.optional_channels:
+                        raise
+                    writer.remove(set(writer.rows) - written)  # no half-written channel in the run
+                    failures.append(record_failure(f"channel:{name}", exc))
+                    continue
+                channels[name] = candidates
+                timings[f"channel.{name}"] = round(time.perf_counter() - started, 3)
+        return channels
+
+    def manifest(self, data) -> dict:
+        from recall.pipeline import input_fingerprints
+
+        return {"inputs": input_fingerprints(data.files), "libraries": {"pyspark": self.spark.version},
+                "engine": {"name": "spark", "master": self.spark.sparkContext.master, "spark": self.spark.version,
+                           "single_file": self.settings.single_file, "local_channels": self.local_names}}
+
+    def release(self, data) -> None:
+        data.release()
 
 
-def _run(cfg, spark, settings: SparkSettings, lock, names: list[str], local_names: list[str], step) -> dict:
-    """The body of :func:`run_spark`, with the lock held and the session up."""
+def _merge_and_filter(cfg, data, channels: dict, writer: TableWriter):
+    """Merge the channels' candidates under quotas, apply the filters, write ``candidates.parquet``.
+
+    Returns the written table and how many rows each filter (and the budget cut) removed.
+    """
     from pyspark import StorageLevel
 
-    from recall.publish import publish
-    from recall.spark.data import SparkData
     from recall.spark.filters import apply_filters
     from recall.spark.merge import merge_channels
 
-    with step("load data"):
-        data = SparkData.load(spark, cfg.data.dir, triggers=cfg.triggers)
-    run_date = cfg.output.run_date or (dt.datetime.fromtimestamp(data.max_ts, tz=dt.timezone.utc).date()
-                                       + dt.timedelta(days=1)).isoformat()
-    n = cfg.candidates_per_user + cfg.filters.reserve
-    timings, channels, failures = {}, {}, []
-    try:
-        with publish(cfg.output.root, run_date, keep_runs=cfg.output.keep_runs,
-                     grace_seconds=cfg.output.superseded_grace_seconds, lock=lock) as pub:
-            writer = TableWriter(pub, spark, single_file=settings.single_file)
-            train = None
-            for name in names:
-                with step(f"channel {name}"):
-                    started = time.perf_counter()
-                    written = set(writer.rows)
-                    try:
-                        if name in SPARK_CHANNELS:
-                            candidates, _ = SPARK_CHANNELS[name](data, cfg.channels[name], n, writer, name)
-                        else:
-                            log.info("%s has no Spark implementation; training it on the driver", name)
-                            train = train or _local_train(cfg)
-                            candidates = _local_channel(cfg, train, name, n, writer)
-                    except Exception as exc:  # any failure of an optional channel is tolerated
-                        if name not in cfg.run.optional_channels:
-                            raise
-                        writer.remove(set(writer.rows) - written)  # no half-written channel in the run
-                        failures.append(_failure(name, exc))
-                        continue
-                    channels[name] = candidates
-                    timings[f"channel.{name}"] = round(time.perf_counter() - started, 3)
-            if not channels:
-                from recall.pipeline import all_failed
-
-                raise all_failed(failures)
-            with step("merge and filter"):
-                started = time.perf_counter()
-                quotas = cfg.quotas()
-                strict = {name for name in channels if cfg.channels[name].strict}
-                merged = merge_channels(channels, {k: quotas[k] for k in channels},
-                                        cfg.candidates_per_user + cfg.filters.reserve,
-                                        strict=strict, backfill=cfg.merge.backfill)
-                merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
-                filtered, stages = apply_filters(merged, data, cfg.filters, cfg.candidates_per_user)
-                stages = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in stages.items()}
-                final = writer.write("candidates.parquet", filtered)
-                removed, before = {}, merged.count()
-                for name_ in ("purchase", "blacklist", "diversity"):
-                    after = stages[name_].count() if name_ in stages else before
-                    removed[name_], before = before - after, after
-                removed["budget"] = before - writer.rows["candidates.parquet"]
-                for frame in (merged, *stages.values()):
-                    frame.unpersist()
-                timings["merge_and_filter"] = round(time.perf_counter() - started, 3)
-            with step("summary"):
-                summary = _summary(pub, run_date, channels, writer, final, timings, failures)
-            pub.manifest.setdefault("timings_seconds", {}).update(timings)
-            pub.manifest["filters_removed"] = removed
-            _stamp_manifest(pub, cfg, data, spark, settings, local_names, failures)
-    finally:
-        data.release()
-    return summary
-
-
-def _failure(name: str, exc: Exception) -> dict:
-    """The manifest record of an optional channel's failure (as :func:`recall.pipeline.tolerated` writes)."""
-    import traceback
-
-    from recall.logs import event
-
-    failure = {"part": f"channel:{name}", "error_type": type(exc).__name__, "message": str(exc),
-               "traceback": traceback.format_exc()}
-    event(log, "channel.failed", f"optional channel '{name}' failed ({type(exc).__name__}: {exc}); "
-          "the run is published without it", level=logging.ERROR,
-          channel=name, error_type=failure["error_type"], error=failure["message"])
-    return failure
+    quotas = cfg.quotas()
+    strict = {name for name in channels if cfg.channels[name].strict}
+    merged = merge_channels(channels, {k: quotas[k] for k in channels},
+                            cfg.candidates_per_user + cfg.filters.reserve,
+                            strict=strict, backfill=cfg.merge.backfill)
+    merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
+    filtered, stages = apply_filters(merged, data, cfg.filters, cfg.candidates_per_user)
+    stages = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in stages.items()}
+    final = writer.write("candidates.parquet", filtered)
+    removed, before = {}, merged.count()
+    for name in ("purchase", "blacklist", "diversity"):
+        after = stages[name].count() if name in stages else before
+        removed[name], before = before - after, after
+    removed["budget"] = before - writer.rows["candidates.parquet"]
+    for frame in (merged, *stages.values()):
+        frame.unpersist()
+    return final, removed
 
 
 def _local_train(cfg):
@@ -367,9 +389,9 @@ def _local_train(cfg):
 
 
 def _local_channel(cfg, train, name: str, n: int, writer: TableWriter):
-    from recall.pipeline import fit_channel
+    from recall.pipeline import fit_model
 
-    output = fit_channel(name, cfg, train, n)
+    output = fit_model(name, cfg, train, n)
     if output.i2i is not None:
         writer.write_local(f"i2i/{name}.parquet", output.i2i)
     for relative, table in output.extra.items():
@@ -377,7 +399,8 @@ def _local_channel(cfg, train, name: str, n: int, writer: TableWriter):
     return writer.write_local(f"channels/{name}.parquet", output.candidates, read_back=True)
 
 
-def _summary(pub, run_date, channels, writer: TableWriter, final, timings, failures: list[dict]) -> dict:
+def _summary(channels, writer: TableWriter, final, timings) -> dict:
+    """Per-channel rows, users, i2i rows and seconds, and the merged candidates' rows, users and sources."""
     from pyspark.sql import functions as F
 
     # Distinct users of every channel table and of the merge, and the merge's rows per
@@ -397,31 +420,8 @@ def _summary(pub, run_date, channels, writer: TableWriter, final, timings, failu
         out[name] = {"rows": writer.rows[f"channels/{name}.parquet"], "users": users.get(name, 0),
                      "i2i_rows": writer.rows.get(f"i2i/{name}.parquet"),
                      "seconds": round(timings[f"channel.{name}"], 2)}
-    return {"run_date": run_date, "published": str(pub.root / run_date), "channels": out, "engine": "spark",
-            "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in failures],
-            "candidates": {"rows": writer.rows["candidates.parquet"], "users": users.get("*users", 0),
-                           "by_source": by_source}}
+    return {"channels": out, "candidates": {"rows": writer.rows["candidates.parquet"],
+                                            "users": users.get("*users", 0), "by_source": by_source}}
 
 
-def _stamp_manifest(pub, cfg, data, spark, settings: SparkSettings, local_names: list[str],
-                    failures: list[dict]) -> None:
-    from recall.pipeline import fingerprint, library_versions
-
-    versions = library_versions()
-    versions["pyspark"] = spark.version
-    pub.manifest.update({
-        "failures": failures,
-        "status": "degraded" if failures else "complete",
-        "run_date": pub.run_date,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seed": cfg.seed,
-        "config": cfg.model_dump(mode="json"),
-        "libraries": versions,
-        "engine": {"name": "spark", "master": spark.sparkContext.master, "spark": spark.version,
-                   "single_file": settings.single_file, "local_channels": local_names},
-        "inputs": {name: fingerprint(path) if Path(path).is_file() else {"path": str(path)}
-                   for name, path in data.files.items()},
-    })
-
-
-__all__ = ["SPARK_CHANNELS", "TableWriter", "parse_spark_conf", "run_spark", "settings_of"]
+__all__ = ["SPARK_CHANNELS", "SparkEngine", "TableWriter", "parse_spark_conf", "run_spark", "settings_of"]

@@ -23,8 +23,8 @@ from pyspark.sql import functions as F
 
 from recall import schema as S
 from recall.errors import RecallError
-from recall.config import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
-from recall.filters import DAY, FILTERS, KEY
+from recall.sections import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
+from recall.filters import DAY, FILTERS, KEY, diversity_caps
 from recall.spark.data import SparkData
 
 log = logging.getLogger("recall")
@@ -141,17 +141,7 @@ def diversity_filter(frame: DataFrame, data: SparkData, cfg: DiversityConfig) ->
     """
     from pyspark import StorageLevel
 
-    caps = []
-    for column, cap, name in ((S.CATEGORY, cfg.max_per_category, "max_per_category"),
-                              (S.BRAND, cfg.max_per_brand, "max_per_brand")):
-        if cap == 0:
-            continue
-        side = data.item_side(column)
-        if side is None:
-            log.warning("diversity filter: filters.diversity.%s is set but the items table has no '%s' "
-                        "column; that cap is skipped (add the column to items to scatter by it)", name, column)
-            continue
-        caps.append((column, cap, side))
+    caps = diversity_caps(cfg, data.item_side)
     if not caps:
         return frame
     columns = frame.columns

@@ -16,14 +16,12 @@ The work is the sum over users of n_u^2, the same pairs the local kernel sums.
 
 from __future__ import annotations
 
-import math
-
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.itemcf import ItemCFParams
-from recall.decay import halving
+from recall.channels.itemcf import ItemCFParams, max_bucket_gap, pair_decay, popularity_scales
+from recall.decay import log_damping
 from recall.errors import RecallError
 from recall.spark.data import SparkData
 from recall.spark.ops import (distinct_values, long_table, lookup, normalise_max, numpy_lookup, ordered_sum,
@@ -61,28 +59,25 @@ def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None 
     added in user order: the local kernel's factors and order, so the scores agree
     to the last bit (``log1p`` and ``**`` come from numpy, see :func:`numpy_lookup`).
     """
-    import numpy as np
-
     rows = engagement_rows(data, p)
+    max_gap = max_bucket_gap(p)
     if p.pair_window_hours is None:
         bucket = F.lit(0).cast("long")
-        max_gap = 0
     else:
         bucket_seconds = p.bucket_hours * 3600
         t0 = rows.agg(F.min(S.TS).alias("_t0"))
         rows = rows.crossJoin(F.broadcast(t0))
         bucket = F.floor((F.col(S.TS) - F.col("_t0")) / F.lit(float(bucket_seconds))).cast("long")
-        max_gap = int(math.floor(p.pair_window_hours / p.bucket_hours + 1e-9))
     rows = rows.select(S.USER, S.ITEM, bucket.alias("_b"), F.col("n_u").cast("double").alias("_nu"))
     if p.iuf:
-        iuf = numpy_lookup(data.spark, distinct_values(rows, "_nu"), lambda n: 1.0 / np.log1p(n), "_w")
+        iuf = numpy_lookup(data.spark, distinct_values(rows, "_nu"), log_damping, "_w")
         rows = rows.join(iuf, rows["_nu"] == iuf["_key"]).drop("_key")
     else:
         rows = rows.withColumn("_w", F.lit(1.0))
     counts = rows.groupBy(S.ITEM).agg(F.count(F.lit(1)).cast("double").alias("_n"))
     popularity = distinct_values(counts, "_n")
-    scales = numpy_lookup(data.spark, popularity, lambda n: n ** -p.alpha, "_si").join(
-        numpy_lookup(data.spark, popularity, lambda n: n ** -(1.0 - p.alpha), "_sj"), "_key")
+    scales = numpy_lookup(data.spark, popularity, lambda n: popularity_scales(n, p.alpha)[0], "_si").join(
+        numpy_lookup(data.spark, popularity, lambda n: popularity_scales(n, p.alpha)[1], "_sj"), "_key")
     counts = counts.join(F.broadcast(scales), counts["_n"] == scales["_key"]).select(S.ITEM, "_si", "_sj")
 
     left = (rows.join(counts.select(S.ITEM, "_si"), S.ITEM)
@@ -92,15 +87,12 @@ def cooccurrence(data: SparkData, p: ItemCFParams, categories: DataFrame | None 
     gap = F.abs(F.col("_bi") - F.col("_bj"))
     pairs = left.join(right, S.USER).filter((F.col(S.ITEM) != F.col(S.NEIGHBOR)) & (gap <= max_gap))
 
-    def decay(g: int) -> float:
-        return halving(g * p.bucket_hours, p.decay_half_life_hours)
-
     if max_gap == 0 or p.decay_half_life_hours is None:
         f = F.lit(1.0)
     elif max_gap <= MAX_LOOKUP:
-        f = lookup([decay(g) for g in range(max_gap + 1)], gap)
+        f = lookup([pair_decay(g, p) for g in range(max_gap + 1)], gap)
     else:
-        f = halving(gap * F.lit(p.bucket_hours), p.decay_half_life_hours)
+        f = pair_decay(gap.cast("double"), p)
     terms = pairs.select(S.USER, S.ITEM, S.NEIGHBOR, (F.col("_wi") * (f * F.col("_sj"))).alias("_term"))
     if categories is not None:
         cat_i = categories.select(S.ITEM, F.col(S.CATEGORY).alias("_ci"))

@@ -19,7 +19,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.ranki2i import RankI2IParams
+from recall.channels.ranki2i import RankI2IParams, ctr_factor
+from recall.ctr import shrunk
 from recall.spark.data import SparkData
 from recall.spark.itemcf import category_side, cooccurrence, finish_table
 
@@ -113,13 +114,12 @@ def ranki2i_table(data: SparkData, p: RankI2IParams, name: str = "ranki2i") -> D
         factor = F.coalesce(F.col("_item_ctr"), F.lit(default))
         scored = sim.join(F.broadcast(targets), S.NEIGHBOR, "left")
         if source == "pair":
-            k = F.lit(p.pair_prior_strength)
             pairs = attributed_counts(data, events, p)
             scored = scored.join(pairs, [S.ITEM, S.NEIGHBOR], "left")
             # Pairs never attributed keep the item CTR.
-            factor = F.when(F.col("_n").isNotNull(), (F.col("_c") + k * factor) / (F.col("_n") + k)).otherwise(factor)
-        if p.ctr_power != 1.0:
-            factor = F.pow(factor, F.lit(p.ctr_power))
+            pair = shrunk(F.col("_c"), F.col("_n"), factor, F.lit(p.pair_prior_strength))
+            factor = F.when(F.col("_n").isNotNull(), pair).otherwise(factor)
+        factor = ctr_factor(factor, p.ctr_power)
         weighted = scored.select(S.ITEM, S.NEIGHBOR, (F.col(S.SCORE) * factor).alias(S.SCORE))
     return finish_table(weighted, p.top_k, p.normalize)
 

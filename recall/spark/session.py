@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 
-from recall.config import SparkSettings
+from recall.sections import SparkSettings
 from recall.errors import RecallError
 
 # Startup messages go to the console before any setLogLevel call can silence them;

@@ -16,8 +16,8 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recall import schema as S
-from recall.channels.usercf import UserCFParams
-from recall.decay import DAY, halving
+from recall.channels.usercf import UserCFParams, cosine
+from recall.decay import DAY, halving, log_damping
 from recall.spark.data import SparkData
 from recall.spark.ops import distinct_values, long_table, numpy_lookup, ordered_sum, top_k
 
@@ -45,11 +45,9 @@ def neighbour_table(data: SparkData, pairs: DataFrame, p: UserCFParams) -> DataF
     The overlap adds the shared items' weights in item order (the local product's
     order), with the weights computed by numpy, so the scores agree to the last bit.
     """
-    import numpy as np
-
     counts = pairs.groupBy(S.ITEM).agg(F.count(F.lit(1)).cast("double").alias("_n"))
     if p.iif:
-        weights = numpy_lookup(data.spark, distinct_values(counts, "_n"), lambda n: 1.0 / np.log1p(n), "_wi")
+        weights = numpy_lookup(data.spark, distinct_values(counts, "_n"), log_damping, "_wi")
         counts = counts.join(weights, counts["_n"] == weights["_key"])
     else:
         counts = counts.withColumn("_wi", F.lit(1.0))
@@ -63,7 +61,7 @@ def neighbour_table(data: SparkData, pairs: DataFrame, p: UserCFParams) -> DataF
     if p.min_common_items > 1:
         shared = shared.filter(F.col("_common") >= p.min_common_items)
     sims = shared.select(S.USER, S.NEIGHBOR,
-                         (F.col("_overlap") / F.sqrt(F.col("_nu") * F.col("_nv"))).alias(S.SCORE))
+                         cosine(F.col("_overlap"), F.col("_nu"), F.col("_nv"), sqrt=F.sqrt).alias(S.SCORE))
     return long_table(top_k(sims, S.USER, S.NEIGHBOR, p.top_k_users), S.USER, S.NEIGHBOR)
 
 
