@@ -204,11 +204,25 @@ def _blacklist_filter(frame: pl.DataFrame, data: TrainData, cfg: BlacklistConfig
 
 def _group_walk(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows in list order with group ids: the stable order by group, and each sorted row's group start."""
-    order = np.argsort(groups, kind="stable")  # stable: list order within each group
+    n = groups.size
+    row_bits = max(1, (n - 1).bit_length())
+    if n and int(groups.max()) < 1 << (63 - row_bits) and int(groups.min()) >= 0:
+        # (group, row) packed into one int64: a plain value sort is the stable order, and faster.
+        order = np.sort((groups << row_bits) | np.arange(n)) & ((1 << row_bits) - 1)
+    else:
+        order = np.argsort(groups, kind="stable")  # stable: list order within each group
     sorted_groups = groups[order]
     starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]] if groups.size else np.zeros(0, bool)
     first = np.maximum.accumulate(np.where(starts, np.arange(groups.size), 0))
     return order, first
+
+
+def _value_codes(data: TrainData, column: str) -> pl.DataFrame | None:
+    """``item_id, <column>`` with each distinct value (compared as text) as a code 1, 2, ...; null stays null."""
+    side = _side_column(data, column)
+    if side is None:
+        return None
+    return side.with_columns(pl.col(column).rank("dense").cast(pl.Int64))
 
 
 def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig) -> pl.DataFrame:
@@ -217,7 +231,7 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
                               (S.BRAND, cfg.max_per_brand, "max_per_brand")):
         if cap == 0:
             continue
-        side = _side_column(data, column)
+        side = _value_codes(data, column)
         if side is None:
             log.warning("diversity filter: filters.diversity.%s is set but the items table has no '%s' "
                         "column; that cap is skipped (add the column to items to scatter by it)", name, column)
@@ -225,9 +239,11 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
         caps.append((column, cap, side))
     if not caps:
         return frame
+    # Integer codes joined on once, at the item level; no text column per candidate.
     work = frame.select(S.USER, S.ITEM, S.RANK).with_row_index("_row")
     for column, _, side in caps:
-        work = work.join(side, on=S.ITEM, how="left", maintain_order="left")
+        work = work.join(side.with_columns(pl.col(S.ITEM).cast(work.schema[S.ITEM])), on=S.ITEM, how="left",
+                         maintain_order="left")
     work = work.sort(S.USER, S.RANK, S.ITEM)
     # Per cap: rows grouped by (user, value) once; each round is then a few O(rows) numpy passes.
     walks = []
@@ -235,11 +251,13 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
     # one integer group id (cheaper than ranking a struct of the two).
     user_run = work[S.USER].rle_id().cast(pl.Int64).to_numpy()
     for column, cap, _ in caps:
-        code = work[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
+        values = work[column]
+        code = values.fill_null(0).to_numpy()
         order, first = _group_walk(user_run * (int(code.max(initial=0)) + 1) + code)
-        walks.append((work[column].is_null().to_numpy(), cap, order, first))
+        walks.append((values.is_null().to_numpy(), cap, order, first))
     kept = np.ones(work.height, dtype=bool)
-    longest = int(work.group_by(S.USER).len()["len"].max() or 0)
+    run_starts = np.flatnonzero(np.r_[True, user_run[1:] != user_run[:-1]]) if user_run.size else user_run
+    longest = int(np.diff(np.r_[run_starts, user_run.size]).max(initial=0))
     for _ in range(longest + 1):
         decided = np.ones(work.height, dtype=bool)
         for uncapped, cap, order, first in walks:
@@ -252,8 +270,9 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
         if np.array_equal(decided, kept):
             break
         kept = decided
-    keep_rows = work.filter(pl.Series(kept)).select("_row")
-    return frame.with_row_index("_row").join(keep_rows, on="_row", how="semi", maintain_order="left").drop("_row")
+    keep = np.zeros(frame.height, dtype=bool)
+    keep[work["_row"].to_numpy()] = kept
+    return frame.filter(pl.Series(keep))
 
 
 # --------------------------------------------------------------------------- all together

@@ -61,8 +61,8 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     dtypes = pl.concat([f.select(S.USER, S.ITEM).head(0) for f in frames], how="vertical_relaxed").schema
     if sum(f.height for f in frames) == 0:
         return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
-    users, decode_users = _integer_codes(pl.concat([f[S.USER].cast(dtypes[S.USER]) for f in frames]))
-    items, decode_items = _integer_codes(pl.concat([f[S.ITEM].cast(dtypes[S.ITEM]) for f in frames]))
+    users, decode_users = _integer_codes([f[S.USER].cast(dtypes[S.USER]) for f in frames])
+    items, decode_items = _integer_codes([f[S.ITEM].cast(dtypes[S.ITEM]) for f in frames])
     code = np.concatenate([
         (np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order)[f[S.RANK].to_numpy()]
         for order, (name, f) in enumerate(zip(names, frames))])
@@ -80,7 +80,7 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         code = key & ((1 << code_bits) - 1)
         del key
         starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-        mask = np.bitwise_or.reduceat(np.left_shift(1, code & 63), starts)
+        mask = _run_sums(np.left_shift(1, code & 63), starts)  # a channel lists an item once per user
         pair, code = pair[starts], code[starts]
         finite = code < infinite
         pair, code, mask = pair[finite], code[finite], mask[finite]
@@ -99,7 +99,7 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         users, items, code = users[order], items[order], code[order]
         first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
         starts = np.flatnonzero(first)
-        mask = np.bitwise_or.reduceat(np.left_shift(1, code & 63), starts)
+        mask = _run_sums(np.left_shift(1, code & 63), starts)
         user, item, code = users[starts], items[starts], code[starts]
         finite = code < infinite
         user, item, code, mask = user[finite], item[finite], code[finite], mask[finite]
@@ -108,7 +108,13 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         keep = _ranks(user) <= budget
         user, item, code, mask = user[keep], item[keep], code[keep], mask[keep]
     rank = _ranks(user)
-    masks, mask_index = np.unique(mask, return_inverse=True)
+    if len(names) <= 16:  # the distinct masks by a lookup table, no sort
+        present = np.zeros(1 << len(names), dtype=bool)
+        present[mask] = True
+        masks = np.flatnonzero(present)
+        mask_index = (np.cumsum(present) - 1)[mask]
+    else:
+        masks, mask_index = np.unique(mask, return_inverse=True)
     # The channel list of each distinct mask, built without a Python loop over masks.
     which, bit = np.nonzero((masks[:, None] >> np.arange(len(names))) & 1)
     holders = (pl.DataFrame({"m": which, S.CHANNELS: pl.Series(names, dtype=pl.String).gather(bit)})
@@ -137,19 +143,30 @@ def _ranks(sorted_users: np.ndarray) -> np.ndarray:
     return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1
 
 
-def _integer_codes(ids: pl.Series):
-    """Order-preserving non-negative int64 codes of ids, and the function that decodes them.
+def _run_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` over each run beginning at ``starts`` (sorted, first 0), by one cumulative sum."""
+    if starts.size == 0:
+        return values[:0]
+    total = np.cumsum(values)
+    ends = total[np.r_[starts[1:], values.size] - 1]
+    return ends - np.r_[0, ends[:-1]]
+
+
+def _integer_codes(parts: list[pl.Series]):
+    """Order-preserving non-negative int64 codes of the ids in ``parts`` (concatenated), and their decoder.
 
     Integer ids in a compact range are shifted by their minimum (no sort); other ids
     (text, or integers spread far apart) become their dense rank.
     """
-    if ids.dtype.is_integer():
-        low, high = ids.min(), ids.max()
-        if high - low < max(4 * ids.len(), 1 << 20) and high - low < 2**62:
-            base = int(low)
-            values = ids.cast(pl.Int64).to_numpy() - base if low >= -2**62 and high < 2**62 else None
-            if values is not None:
-                return values, lambda codes: pl.Series(codes + base)
+    if parts[0].dtype.is_integer():
+        low = min(int(p.min()) for p in parts if p.len())
+        high = max(int(p.max()) for p in parts if p.len())
+        if high - low < max(4 * sum(p.len() for p in parts), 1 << 20) and -2**62 <= low and high < 2**62:
+            values = np.concatenate([p.cast(pl.Int64).to_numpy() for p in parts])
+            if low:
+                values -= low
+            return values, lambda codes: pl.Series(codes + low)
+    ids = pl.concat(parts)
     uniques = ids.unique().sort()
     codes = (ids.rank("dense").cast(pl.Int64) - 1).to_numpy()
     return codes, lambda c: uniques.gather(c)
