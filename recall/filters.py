@@ -146,11 +146,25 @@ def purchase_blocks(data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
 def _purchase_filter(frame: pl.DataFrame, data: TrainData, cfg: PurchaseFilterConfig,
                      blocks: pl.DataFrame | None = None) -> pl.DataFrame:
     blocked = (purchase_blocks(data, cfg) if blocks is None else blocks).select(
-        pl.col(S.USER).cast(frame.schema[S.USER]), KEY, _hit=pl.lit(True))
-    keyed = _with_key(frame.select(S.USER, S.ITEM), _side_column(data, S.CATEGORY))
-    # Each (user, key) is blocked at most once, so the left join keeps one row per candidate, in order.
-    hit = keyed.join(blocked, on=[S.USER, KEY], how="left", maintain_order="left")["_hit"]
-    return frame.filter(hit.is_null())
+        pl.col(S.USER).cast(frame.schema[S.USER]), KEY)
+    # The few blocks are split back into their two kinds, so the many candidates are
+    # matched on integer keys (user, category code) and (user, item), not on built strings.
+    kind, rest = pl.col(KEY).str.head(1), pl.col(KEY).str.slice(1)
+    by_item = (blocked.filter(kind == "i")
+               .select(S.USER, rest.cast(frame.schema[S.ITEM], strict=False).alias(S.ITEM))
+               .drop_nulls().unique().with_columns(_hit=pl.lit(True)))
+    candidates = frame.select(S.USER, S.ITEM)
+    hit = candidates.join(by_item, on=[S.USER, S.ITEM], how="left", maintain_order="left")["_hit"].is_not_null()
+    codes = _value_codes(data, S.CATEGORY)
+    if codes is not None:
+        categories = _side_column(data, S.CATEGORY).with_columns(codes[S.CATEGORY].alias("_code")).drop_nulls()
+        by_category = (blocked.filter(kind == "c").select(S.USER, rest.alias(S.CATEGORY))
+                       .join(categories.select(S.CATEGORY, "_code").unique(), on=S.CATEGORY)
+                       .select(S.USER, "_code").unique().with_columns(_hit=pl.lit(True)))
+        keyed = candidates.join(codes.select(pl.col(S.ITEM).cast(frame.schema[S.ITEM]), pl.col(S.CATEGORY).alias("_code")),
+                                on=S.ITEM, how="left", maintain_order="left")
+        hit |= keyed.join(by_category, on=[S.USER, "_code"], how="left", maintain_order="left")["_hit"].is_not_null()
+    return frame.filter(~hit)
 
 
 # --------------------------------------------------------------------------- blacklist
