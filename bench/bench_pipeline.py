@@ -103,7 +103,8 @@ def stage_table(results: dict[str, dict]) -> str:
         cells = []
         for r in results.values():
             row = r["stages"].get(name)
-            cells.append("-" if row is None else f"{row['seconds']:.1f} / {row['peak_rss_mib']:,.0f}")
+            cpu = "" if row is None or "cpu_seconds" not in row else f" (CPU {row['cpu_seconds']:.1f})"
+            cells.append("-" if row is None else f"{row['seconds']:.1f}{cpu} / {row['peak_rss_mib']:,.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append("| **whole run (process)** | " + " | ".join(
         f"**{r['seconds']:.0f} / {r['peak_rss_mib']:,.0f}**" for r in results.values()) + " |")

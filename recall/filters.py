@@ -146,11 +146,25 @@ def purchase_blocks(data: TrainData, cfg: PurchaseFilterConfig) -> pl.DataFrame:
 def _purchase_filter(frame: pl.DataFrame, data: TrainData, cfg: PurchaseFilterConfig,
                      blocks: pl.DataFrame | None = None) -> pl.DataFrame:
     blocked = (purchase_blocks(data, cfg) if blocks is None else blocks).select(
-        pl.col(S.USER).cast(frame.schema[S.USER]), KEY, _hit=pl.lit(True))
-    keyed = _with_key(frame.select(S.USER, S.ITEM), _side_column(data, S.CATEGORY))
-    # Each (user, key) is blocked at most once, so the left join keeps one row per candidate, in order.
-    hit = keyed.join(blocked, on=[S.USER, KEY], how="left", maintain_order="left")["_hit"]
-    return frame.filter(hit.is_null())
+        pl.col(S.USER).cast(frame.schema[S.USER]), KEY)
+    # The few blocks are split back into their two kinds, so the many candidates are
+    # matched on integer keys (user, category code) and (user, item), not on built strings.
+    kind, rest = pl.col(KEY).str.head(1), pl.col(KEY).str.slice(1)
+    by_item = (blocked.filter(kind == "i")
+               .select(S.USER, rest.cast(frame.schema[S.ITEM], strict=False).alias(S.ITEM))
+               .drop_nulls().unique().with_columns(_hit=pl.lit(True)))
+    candidates = frame.select(S.USER, S.ITEM)
+    hit = candidates.join(by_item, on=[S.USER, S.ITEM], how="left", maintain_order="left")["_hit"].is_not_null()
+    codes = _value_codes(data, S.CATEGORY)
+    if codes is not None:
+        categories = _side_column(data, S.CATEGORY).with_columns(codes[S.CATEGORY].alias("_code")).drop_nulls()
+        by_category = (blocked.filter(kind == "c").select(S.USER, rest.alias(S.CATEGORY))
+                       .join(categories.select(S.CATEGORY, "_code").unique(), on=S.CATEGORY)
+                       .select(S.USER, "_code").unique().with_columns(_hit=pl.lit(True)))
+        keyed = candidates.join(codes.select(pl.col(S.ITEM).cast(frame.schema[S.ITEM]), pl.col(S.CATEGORY).alias("_code")),
+                                on=S.ITEM, how="left", maintain_order="left")
+        hit |= keyed.join(by_category, on=[S.USER, "_code"], how="left", maintain_order="left")["_hit"].is_not_null()
+    return frame.filter(~hit)
 
 
 # --------------------------------------------------------------------------- blacklist
@@ -204,11 +218,25 @@ def _blacklist_filter(frame: pl.DataFrame, data: TrainData, cfg: BlacklistConfig
 
 def _group_walk(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For rows in list order with group ids: the stable order by group, and each sorted row's group start."""
-    order = np.argsort(groups, kind="stable")  # stable: list order within each group
+    n = groups.size
+    row_bits = max(1, (n - 1).bit_length())
+    if n and int(groups.max()) < 1 << (63 - row_bits) and int(groups.min()) >= 0:
+        # (group, row) packed into one int64: a plain value sort is the stable order, and faster.
+        order = np.sort((groups << row_bits) | np.arange(n)) & ((1 << row_bits) - 1)
+    else:
+        order = np.argsort(groups, kind="stable")  # stable: list order within each group
     sorted_groups = groups[order]
     starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]] if groups.size else np.zeros(0, bool)
     first = np.maximum.accumulate(np.where(starts, np.arange(groups.size), 0))
     return order, first
+
+
+def _value_codes(data: TrainData, column: str) -> pl.DataFrame | None:
+    """``item_id, <column>`` with each distinct value (compared as text) as a code 1, 2, ...; null stays null."""
+    side = _side_column(data, column)
+    if side is None:
+        return None
+    return side.with_columns(pl.col(column).rank("dense").cast(pl.Int64))
 
 
 def diversity_caps(cfg: DiversityConfig, side_of) -> list[tuple[str, int, object]]:
@@ -229,12 +257,14 @@ def diversity_caps(cfg: DiversityConfig, side_of) -> list[tuple[str, int, object
 
 
 def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig) -> pl.DataFrame:
-    caps = diversity_caps(cfg, lambda column: _side_column(data, column))
+    caps = diversity_caps(cfg, lambda column: _value_codes(data, column))
     if not caps:
         return frame
+    # Integer codes joined on once, at the item level; no text column per candidate.
     work = frame.select(S.USER, S.ITEM, S.RANK).with_row_index("_row")
     for column, _, side in caps:
-        work = work.join(side, on=S.ITEM, how="left", maintain_order="left")
+        work = work.join(side.with_columns(pl.col(S.ITEM).cast(work.schema[S.ITEM])), on=S.ITEM, how="left",
+                         maintain_order="left")
     work = work.sort(S.USER, S.RANK, S.ITEM)
     # Per cap: rows grouped by (user, value) once; each round is then a few O(rows) numpy passes.
     walks = []
@@ -242,11 +272,13 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
     # one integer group id (cheaper than ranking a struct of the two).
     user_run = work[S.USER].rle_id().cast(pl.Int64).to_numpy()
     for column, cap, _ in caps:
-        code = work[column].rank("dense").fill_null(0).cast(pl.Int64).to_numpy()
+        values = work[column]
+        code = values.fill_null(0).to_numpy()
         order, first = _group_walk(user_run * (int(code.max(initial=0)) + 1) + code)
-        walks.append((work[column].is_null().to_numpy(), cap, order, first))
+        walks.append((values.is_null().to_numpy(), cap, order, first))
     kept = np.ones(work.height, dtype=bool)
-    longest = int(work.group_by(S.USER).len()["len"].max() or 0)
+    run_starts = np.flatnonzero(np.r_[True, user_run[1:] != user_run[:-1]]) if user_run.size else user_run
+    longest = int(np.diff(np.r_[run_starts, user_run.size]).max(initial=0))
     for _ in range(longest + 1):
         decided = np.ones(work.height, dtype=bool)
         for uncapped, cap, order, first in walks:
@@ -259,8 +291,9 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
         if np.array_equal(decided, kept):
             break
         kept = decided
-    keep_rows = work.filter(pl.Series(kept)).select("_row")
-    return frame.with_row_index("_row").join(keep_rows, on="_row", how="semi", maintain_order="left").drop("_row")
+    keep = np.zeros(frame.height, dtype=bool)
+    keep[work["_row"].to_numpy()] = kept
+    return frame.filter(pl.Series(keep))
 
 
 # --------------------------------------------------------------------------- all together

@@ -51,61 +51,125 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         raise RecallError("channel ranks must start at 1; pass channel outputs (user_id, item_id, score, rank)")
     positions = {name: slot_positions(ranks[name], quotas[name], name in strict or not backfill) for name in names}
     levels, _ = position_codes({name: p[1:] for name, p in positions.items()})
-    frames = []
-    for order, name in enumerate(names):
-        code = np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order
-        frame = candidates[name]
-        frames.append(frame.select(S.USER, S.ITEM).with_columns(
-            pl.Series("code", code[frame[S.RANK].to_numpy()], dtype=pl.Int64),
-            pl.lit(1 << order, dtype=pl.Int64).alias("mask")))
+    frames = [candidates[name] for name in names]
     if not frames:
         return empty_merge()
-    everything = pl.concat(frames, how="vertical_relaxed")
-    dtypes = everything.schema
-    # Integers, not strings, through the group-by: the source is a channel number and
-    # the channels holding an item a bit mask, named once per distinct value at the end.
-    # Non-negative integer ids are packed into one int64 key (a single-key group-by
-    # is several times faster than a two-column one).
-    width = _packing_width(everything)
-    keys = [S.USER, S.ITEM] if width is None else ["pair"]
-    if width is not None:
-        everything = everything.select((pl.col(S.USER) * width + pl.col(S.ITEM)).alias("pair"), "code", "mask")
-    infinite = int(np.searchsorted(levels, np.inf)) * 64
-    best = (everything
-            .group_by(keys)
-            .agg(pl.col("code").min(), pl.col("mask").sum())  # each channel lists an item once per user
-            .filter(pl.col("code") < infinite))
-    codes = infinite + 64
-    if width is not None and (int(best["pair"].max() or 0) // width + 1) * codes * width < 2**63:
-        # One packed key (user, code, item) sorts several times faster than three columns.
-        user, item = pl.col("pair") // width, pl.col("pair") % width
-        best = (best.sort(user * (codes * width) + pl.col("code") * width + item)
-                .select(user.cast(dtypes[S.USER]).alias(S.USER), item.cast(dtypes[S.ITEM]).alias(S.ITEM),
-                        "code", "mask"))
+    # Everything below runs on integer arrays: users and items as small non-negative
+    # codes, each candidate's slot position and channel as one integer "code"
+    # (place among the distinct positions x 64 + channel number), so "best position,
+    # ties to the first channel by name, then the smaller item" is integer order.
+    dtypes = pl.concat([f.select(S.USER, S.ITEM).head(0) for f in frames], how="vertical_relaxed").schema
+    if sum(f.height for f in frames) == 0:
+        return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
+    users, decode_users = _integer_codes([f[S.USER].cast(dtypes[S.USER]) for f in frames])
+    items, decode_items = _integer_codes([f[S.ITEM].cast(dtypes[S.ITEM]) for f in frames])
+    code = np.concatenate([
+        (np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order)[f[S.RANK].to_numpy()]
+        for order, (name, f) in enumerate(zip(names, frames))])
+    # Field widths in bits, so packing and unpacking are shifts and masks.
+    user_bits, item_bits = _bits(int(users.max()) + 1), _bits(int(items.max()) + 1)
+    code_bits = _bits(levels.size) + 6
+    infinite = (levels.size - 1) * 64  # codes from here on have no position (inf is the last level)
+    if user_bits + item_bits + code_bits <= 63:
+        # Packed into one int64 (user, item, code), a plain value sort groups each pair
+        # with its best code first; a second sort of (user, code, item) orders the lists.
+        key = (users << (item_bits + code_bits)) | (items << code_bits) | code
+        del users, items, code
+        key.sort()
+        pair = key >> code_bits
+        code = key & ((1 << code_bits) - 1)
+        del key
+        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+        mask = _run_sums(np.left_shift(1, code & 63), starts)  # a channel lists an item once per user
+        pair, code = pair[starts], code[starts]
+        finite = code < infinite
+        pair, code, mask = pair[finite], code[finite], mask[finite]
+        item_mask = (1 << item_bits) - 1
+        listed = ((pair >> item_bits) << (code_bits + item_bits)) | (code << item_bits) | (pair & item_mask)
+        listed.sort()
+        user = listed >> (code_bits + item_bits)
+        keep = _ranks(user) <= budget
+        listed, user = listed[keep], user[keep]
+        code = (listed >> item_bits) & ((1 << code_bits) - 1)
+        item = listed & item_mask
+        del listed
+        mask = mask[np.searchsorted(pair, (user << item_bits) | item)]  # pair is sorted
+    else:  # ids too spread to pack: the same two orders by lexsort
+        order = np.lexsort((code, items, users))
+        users, items, code = users[order], items[order], code[order]
+        first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
+        starts = np.flatnonzero(first)
+        mask = _run_sums(np.left_shift(1, code & 63), starts)
+        user, item, code = users[starts], items[starts], code[starts]
+        finite = code < infinite
+        user, item, code, mask = user[finite], item[finite], code[finite], mask[finite]
+        order = np.lexsort((item, code, user))
+        user, item, code, mask = user[order], item[order], code[order], mask[order]
+        keep = _ranks(user) <= budget
+        user, item, code, mask = user[keep], item[keep], code[keep], mask[keep]
+    rank = _ranks(user)
+    if len(names) <= 16:  # the distinct masks by a lookup table, no sort
+        present = np.zeros(1 << len(names), dtype=bool)
+        present[mask] = True
+        masks = np.flatnonzero(present)
+        mask_index = (np.cumsum(present) - 1)[mask]
     else:
-        if width is not None:
-            best = best.select((pl.col("pair") // width).cast(dtypes[S.USER]).alias(S.USER),
-                               (pl.col("pair") % width).cast(dtypes[S.ITEM]).alias(S.ITEM), "code", "mask")
-        best = best.sort(S.USER, "code", S.ITEM)
-    # Rank within each user's run of rows (sorted by user): position minus the run's start.
-    run = best[S.USER].rle_id().to_numpy()
-    starts = np.flatnonzero(np.r_[True, run[1:] != run[:-1]]) if run.size else np.zeros(0, np.int64)
-    rank = np.arange(run.size) - np.repeat(starts, np.diff(np.r_[starts, run.size])) + 1
-    best = best.with_columns(pl.Series(S.RANK, rank, dtype=pl.Int32)).filter(pl.col(S.RANK) <= budget)
-    code = best["code"].to_numpy()
-    best = best.with_columns(pl.Series("position", levels[code // 64]), pl.Series("order", code % 64))
-    masks = best["mask"].unique().sort()
-    lookup = pl.DataFrame({
-        "mask": masks,
-        S.CHANNELS: pl.Series([[n for bit, n in enumerate(names) if m >> bit & 1] for m in masks.to_list()],
-                              dtype=pl.List(pl.String)),
-    })
-    return (best
-            .join(lookup, on="mask", how="left", maintain_order="left")
-            .select(S.USER, S.ITEM, (1.0 / pl.col("position")).alias(S.SCORE), S.RANK,
-                    pl.col("order").cast(pl.Int64).replace_strict(list(range(len(names))), names,
-                                                                  return_dtype=pl.String).alias(SOURCE),
-                    S.CHANNELS))
+        masks, mask_index = np.unique(mask, return_inverse=True)
+    # The channel list of each distinct mask, built without a Python loop over masks.
+    which, bit = np.nonzero((masks[:, None] >> np.arange(len(names))) & 1)
+    holders = (pl.DataFrame({"m": which, S.CHANNELS: pl.Series(names, dtype=pl.String).gather(bit)})
+               .group_by("m", maintain_order=True).agg(S.CHANNELS)[S.CHANNELS])
+    return pl.DataFrame([
+        decode_users(user).cast(dtypes[S.USER]).alias(S.USER),
+        decode_items(item).cast(dtypes[S.ITEM]).alias(S.ITEM),
+        pl.Series(S.SCORE, 1.0 / levels[code // 64], dtype=pl.Float64),
+        pl.Series(S.RANK, rank, dtype=pl.Int32),
+        pl.Series(SOURCE, names, dtype=pl.String).gather(code % 64).alias(SOURCE),
+        holders.gather(mask_index.ravel()),
+    ])
+
+
+def _bits(n: int) -> int:
+    """Bits needed to hold the values 0 .. n - 1."""
+    return max(1, (n - 1).bit_length())
+
+
+def _ranks(sorted_users: np.ndarray) -> np.ndarray:
+    """1, 2, ... within each run of equal values (the rows of one user, in list order)."""
+    n = sorted_users.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1
+
+
+def _run_sums(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Sum of ``values`` over each run beginning at ``starts`` (sorted, first 0), by one cumulative sum."""
+    if starts.size == 0:
+        return values[:0]
+    total = np.cumsum(values)
+    ends = total[np.r_[starts[1:], values.size] - 1]
+    return ends - np.r_[0, ends[:-1]]
+
+
+def _integer_codes(parts: list[pl.Series]):
+    """Order-preserving non-negative int64 codes of the ids in ``parts`` (concatenated), and their decoder.
+
+    Integer ids in a compact range are shifted by their minimum (no sort); other ids
+    (text, or integers spread far apart) become their dense rank.
+    """
+    if parts[0].dtype.is_integer():
+        low = min(int(p.min()) for p in parts if p.len())
+        high = max(int(p.max()) for p in parts if p.len())
+        if high - low < max(4 * sum(p.len() for p in parts), 1 << 20) and -2**62 <= low and high < 2**62:
+            values = np.concatenate([p.cast(pl.Int64).to_numpy() for p in parts])
+            if low:
+                values -= low
+            return values, lambda codes: pl.Series(codes + low)
+    ids = pl.concat(parts)
+    uniques = ids.unique().sort()
+    codes = (ids.rank("dense").cast(pl.Int64) - 1).to_numpy()
+    return codes, lambda c: uniques.gather(c)
 
 
 def slot_positions(ranks: np.ndarray, quota: int, capped: bool) -> np.ndarray:
@@ -137,19 +201,6 @@ def position_codes(positions: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dic
                                       + [np.array([np.inf])]))
     return levels, {n: np.searchsorted(levels, positions[n]).astype(np.int64) * 64 + order
                     for order, n in enumerate(names)}
-
-
-def _packing_width(frame: pl.DataFrame) -> int | None:
-    """``w`` such that ``user * w + item`` is a unique int64 for every row, or None if there is none."""
-    if not (frame.schema[S.USER].is_integer() and frame.schema[S.ITEM].is_integer()) or frame.height == 0:
-        return None
-    bounds = frame.select(pl.col(S.USER).min().alias("u0"), pl.col(S.USER).max().alias("u1"),
-                          pl.col(S.ITEM).min().alias("i0"), pl.col(S.ITEM).max().alias("i1")).row(0)
-    u0, u1, i0, i1 = (int(v) for v in bounds)
-    width = i1 + 1
-    if u0 < 0 or i0 < 0 or (u1 + 1) * width >= 2**63:
-        return None
-    return width
 
 
 def empty_merge() -> pl.DataFrame:

@@ -44,7 +44,7 @@ class StageMeter:
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         peak = [rss_bytes()]
-        self.stages.setdefault(name, {"seconds": 0.0, "peak_rss_mib": 0.0, "times": 0,
+        self.stages.setdefault(name, {"seconds": 0.0, "cpu_seconds": 0.0, "peak_rss_mib": 0.0, "times": 0,
                                       "start_rss_mib": peak[0] / MIB})
         done = threading.Event()
 
@@ -54,26 +54,31 @@ class StageMeter:
 
         sampler = threading.Thread(target=sample, name=f"meter:{name}", daemon=True)
         sampler.start()
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             seconds = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_started
             done.set()
             sampler.join()
             peak[0] = max(peak[0], rss_bytes())
             row = self.stages[name]
             row["seconds"] += seconds
+            row["cpu_seconds"] += cpu_seconds
             row["peak_rss_mib"] = max(row["peak_rss_mib"], peak[0] / MIB)
             row["times"] += 1
 
     def report(self) -> dict:
-        """``{"stages": {name: {seconds, peak_rss_mib, start_rss_mib, times}}, "peak_rss_mib": ...}``.
+        """``{"stages": {name: {seconds, cpu_seconds, peak_rss_mib, start_rss_mib, times}}, "peak_rss_mib": ...}``.
 
-        ``start_rss_mib`` is the resident size when the stage was first entered.
+        ``start_rss_mib`` is the resident size when the stage was first entered;
+        ``cpu_seconds`` is the process's CPU time (all threads) during the stage, the
+        figure to compare on a shared machine where wall time depends on the neighbours.
         """
         return {
-            "stages": {name: {"seconds": round(row["seconds"], 3), "peak_rss_mib": round(row["peak_rss_mib"], 1),
+            "stages": {name: {"seconds": round(row["seconds"], 3), "cpu_seconds": round(row["cpu_seconds"], 3),
+                              "peak_rss_mib": round(row["peak_rss_mib"], 1),
                               "start_rss_mib": round(row["start_rss_mib"], 1), "times": row["times"]}
                        for name, row in self.stages.items()},
             "peak_rss_mib": round(peak_rss_bytes() / MIB, 1),

@@ -210,7 +210,7 @@ def cost_blocks(costs: np.ndarray, max_rows: int, max_cost: int):
 
 
 def blockwise_product(left: sp.csr_matrix, right: sp.spmatrix, finish, block: int,
-                      threads: int = 0) -> sp.csr_matrix:
+                      threads: int = 0, max_work: int = 300_000) -> sp.csr_matrix:
     """``left @ right``, ``block`` rows of ``left`` at a time, each block kept as ``finish(start, block)``.
 
     ``finish`` turns the untruncated rows ``start:start + len(block)`` of the
@@ -223,11 +223,17 @@ def blockwise_product(left: sp.csr_matrix, right: sp.spmatrix, finish, block: in
     n = left.shape[0]
     workers = threads or os.cpu_count() or 1
     size = min(block, max(1, math.ceil(n / workers)))
+    # Blocks are also cut by their work (multiply-adds, an upper bound of the entries they
+    # produce), so each untruncated block stays small enough for the CPU caches: the
+    # selection in ``finish`` makes several passes over it.
+    left = sp.csr_matrix(left)
+    right_lengths = np.diff(sp.csr_matrix(right).indptr).astype(np.float64)
+    work = np.bincount(row_indices(left), weights=right_lengths[left.indices], minlength=n)
 
     def one(bounds: tuple[int, int]) -> sp.csr_matrix:
         start, stop = bounds
         return finish(start, sp.csr_matrix(left[start:stop] @ right))
 
     with ThreadPoolExecutor(workers) as pool:
-        kept = list(pool.map(one, blocks(n, size)))
+        kept = list(pool.map(one, cost_blocks(work, size, max_work)))
     return sp.vstack(kept, format="csr") if kept else sp.csr_matrix((n, right.shape[1]))

@@ -76,15 +76,29 @@ def pair_decay(gap, p: ItemCFParams):
 
 
 def engagement_rows(data: TrainData, p: ItemCFParams) -> pl.DataFrame:
-    """One row per (user, item): the latest engagement time, crawlers and old events removed."""
+    """One row per (user, item): the latest engagement time, crawlers and old events removed.
+
+    Sorted by user and item; ``n_u`` is the user's number of items.
+    """
     events = data.events.filter(pl.col(S.BEHAVIOR).is_in(p.behaviors))
     if p.window_days is not None:
         events = events.filter(pl.col(S.TS) >= data.now - p.window_days * 86400)
-    pairs = events.group_by(UIDX, IIDX).agg(pl.col(S.TS).max())
-    return (pairs
-            .with_columns(n_u=pl.len().over(UIDX))
-            .filter(pl.col("n_u") <= p.max_user_items)
-            .sort(UIDX, IIDX))
+    # One int64 key per (user, item): a single-key group-by and sort, then numpy for the rest.
+    width = max(data.n_items, 1)
+    pairs = (events.select((pl.col(UIDX).cast(pl.Int64) * width + pl.col(IIDX)).alias("_pair"), S.TS)
+             .group_by("_pair").agg(pl.col(S.TS).max()).sort("_pair"))
+    key = pairs["_pair"].to_numpy()
+    users = key // width
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.zeros(0, np.int64)
+    lengths = np.diff(np.r_[starts, users.size])
+    n_u = np.repeat(lengths, lengths)
+    keep = n_u <= p.max_user_items
+    return pl.DataFrame({
+        UIDX: (users[keep]).astype(np.int32),
+        IIDX: (key[keep] - users[keep] * width).astype(np.int32),
+        S.TS: pairs[S.TS].filter(pl.Series(keep)),
+        "n_u": pl.Series(n_u[keep], dtype=pl.UInt32),
+    })
 
 
 def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
@@ -97,30 +111,32 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     n_items = data.n_items
     if pairs.height == 0:
         return sp.csr_matrix((n_items, n_items), dtype=np.float64)
+    ts = pairs[S.TS].to_numpy()
     if p.pair_window_hours is None:
-        bucket = pl.lit(0, dtype=pl.Int64)
+        bucket = np.zeros(pairs.height, dtype=np.int64)
         max_gap = 0
     else:
         bucket_seconds = p.bucket_hours * 3600
-        bucket = ((pl.col(S.TS) - pairs[S.TS].min()) // bucket_seconds).cast(pl.Int64)
+        bucket = ((ts - ts.min()) // bucket_seconds).astype(np.int64)
         max_gap = max_bucket_gap(p)
-    pairs = pairs.with_columns(bucket=bucket)
-    rows = pairs.select(UIDX, "bucket", "n_u").unique([UIDX, "bucket"]).sort(UIDX, "bucket")
-    rows = rows.with_row_index("row")
-    pairs = pairs.join(rows.select(UIDX, "bucket", "row"), on=[UIDX, "bucket"])
-    n_rows = rows.height
+    # Rows of Y are the distinct (user, bucket) pairs, numbered in (user, bucket) order.
+    n_buckets = int(bucket.max()) + 1
+    users_of_pairs = pairs[UIDX].to_numpy().astype(np.int64)
+    row_keys, rows_of_pairs = np.unique(users_of_pairs * n_buckets + bucket, return_inverse=True)
+    rows_of_pairs = rows_of_pairs.ravel()
+    n_rows = row_keys.size
+    n_u = np.zeros(n_rows, dtype=np.float64)
+    n_u[rows_of_pairs] = pairs["n_u"].to_numpy()
 
     # Every weighting is folded into the two factors, so one product gives the
     # normalised score: sim = (D_trigger Y^T W_user)(Y D_recalled).
-    counts = np.bincount(pairs[IIDX].to_numpy(), minlength=n_items).astype(np.float64)
+    items_of_pairs = pairs[IIDX].to_numpy()
+    counts = np.bincount(items_of_pairs, minlength=n_items).astype(np.float64)
     engaged = counts > 0
     trigger_scale = np.zeros(n_items)
     recalled_scale = np.zeros(n_items)
     trigger_scale[engaged], recalled_scale[engaged] = popularity_scales(counts[engaged], p.alpha)
-    rows_of_pairs = pairs["row"].to_numpy()
-    items_of_pairs = pairs[IIDX].to_numpy()
-    user_weight = (log_damping(rows["n_u"].to_numpy().astype(np.float64)) if p.iuf
-                   else np.ones(n_rows))
+    user_weight = log_damping(n_u) if p.iuf else np.ones(n_rows)
     y = sp.csr_matrix((recalled_scale[items_of_pairs], (rows_of_pairs, items_of_pairs)),
                       shape=(n_rows, n_items))
     weighted_t = sp.csr_matrix(  # items x rows
@@ -131,13 +147,15 @@ def cooccurrence(data: TrainData, p: ItemCFParams, finish) -> sp.csr_matrix:
     # same user at most W buckets apart (Q = I without a window). Then
     # sim = (D Y^T W) (Q Y D): every gap's pairs come out of one product.
     sources, targets, weights = [np.arange(n_rows)], [np.arange(n_rows)], [np.ones(n_rows)]
+    row_buckets = row_keys % n_buckets
     for gap in range(1, max_gap + 1):
-        later = rows.select(UIDX, (pl.col("bucket") - gap).alias("bucket"), pl.col("row").alias("later"))
-        matched = later.join(rows.select(UIDX, "bucket", "row"), on=[UIDX, "bucket"])
-        earlier_rows, later_rows = matched["row"].to_numpy(), matched["later"].to_numpy()
+        # The row of the same user ``gap`` buckets later, if there is one (row keys are sorted).
+        later = np.minimum(np.searchsorted(row_keys, row_keys + gap), n_rows - 1)
+        matched = (row_keys[later] == row_keys + gap) & (row_buckets + gap < n_buckets)
+        earlier_rows, later_rows = np.flatnonzero(matched), later[matched]
         sources += [earlier_rows, later_rows]
         targets += [later_rows, earlier_rows]
-        weights += [np.full(matched.height, pair_decay(gap, p))] * 2
+        weights += [np.full(earlier_rows.size, pair_decay(gap, p))] * 2
     kernel = sp.csr_matrix((np.concatenate(weights), (np.concatenate(sources), np.concatenate(targets))),
                            shape=(n_rows, n_rows))
     neighbourhood = (kernel @ y).tocsr() if max_gap else y
