@@ -16,6 +16,7 @@ from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
 from recall.channels.swing import Swing
 from recall.channels.usercf import UserCF
+from recall.channels.youtubednn import YouTubeDNN
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
@@ -33,6 +34,7 @@ CHANNELS: dict[str, type[Channel]] = {
     Node2Vec.name: Node2Vec,
     EGES.name: EGES,
     GES.name: GES,
+    YouTubeDNN.name: YouTubeDNN,
 }
 
 
