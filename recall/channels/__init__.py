@@ -11,6 +11,7 @@ from recall.channels.deepwalk import DeepWalk
 from recall.channels.eges import EGES, GES
 from recall.channels.item2vec import Item2Vec
 from recall.channels.itemcf import ItemCF
+from recall.channels.mind import MIND
 from recall.channels.node2vec import Node2Vec
 from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
@@ -35,6 +36,7 @@ CHANNELS: dict[str, type[Channel]] = {
     EGES.name: EGES,
     GES.name: GES,
     YouTubeDNN.name: YouTubeDNN,
+    MIND.name: MIND,
 }
 
 
