@@ -12,7 +12,8 @@ training, item and user vectors, faiss index) and ``recommend``
 (``candidates_per_user + filters.reserve`` per user, as ``recall run`` does), with
 the ``[channels.<name>]`` settings of ``configs/default.toml`` (``--epochs``
 overrides the number of epochs). Throughput is training examples (one next-item
-target with its history and negatives) per second of the training loop. Peak RSS
+target with its history and negatives) per second of the training loop after its
+first step (torch loads its optimiser machinery lazily on the first step). Peak RSS
 is the whole process's (the loaded log included); "train heap peak" is the
 tracemalloc peak during ``fit`` (numpy arrays; torch tensors are not traced).
 Recall@200 on ml-100k and taobao-84k comes from ``bench/bench_quality.py

@@ -404,6 +404,7 @@ class TrainLog:
     losses: list[float]
     examples: int
     seconds: float
+    steady_examples_per_second: float = 0.0  # after the first step (torch imports its optimiser machinery lazily)
 
 
 def train_model(model, user_vector, ev: Events, data: TrainData, p: TwoTowerParams, name: str) -> TrainLog:
@@ -429,6 +430,7 @@ def train_model(model, user_vector, ev: Events, data: TrainData, p: TwoTowerPara
     n = ev.targets.size
     steps = math.ceil(n / p.batch_size) if n else 0
     losses = []
+    warm = None  # (time after the first step, examples since)
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(p.threads)
     try:
@@ -462,11 +464,17 @@ def train_model(model, user_vector, ev: Events, data: TrainData, p: TwoTowerPara
                         opt.step()
                     total += loss.item() * positions.size
                     bar.advance(loss.item())
+                    if warm is None:
+                        warm = (time.perf_counter(), 0)
+                    else:
+                        warm = (warm[0], warm[1] + positions.size)
                 losses.append(round(total / n, 5))
                 log.info("channel %s: epoch %d/%d, loss %.4f", name, epoch + 1, p.epochs, losses[-1])
     finally:
         torch.set_num_threads(saved_threads)
-    return TrainLog(losses, int(n * len(losses)), time.perf_counter() - started)
+    finished = time.perf_counter()
+    steady = warm[1] / (finished - warm[0]) if warm and finished > warm[0] else 0.0
+    return TrainLog(losses, int(n * len(losses)), finished - started, steady)
 
 
 def final_item_vectors(model, side, trained: np.ndarray, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -501,7 +509,7 @@ class LearnedChannel(Channel):
     def facts(self) -> dict:
         log_ = self.train_log_
         return {"losses": log_.losses, "epochs": len(log_.losses), "examples": log_.examples,
-                "examples_per_second": round(log_.examples / log_.seconds) if log_.seconds > 0 else 0,
+                "examples_per_second": round(log_.steady_examples_per_second),
                 "train_seconds": round(log_.seconds, 2), "fit_seconds": round(self.fit_seconds_, 2),
                 "items_indexed": int(self.index_.size), "users_with_vector": int(self.users_with_vector_),
                 "side_fields": list(self.side_.fields), "user_attributes": list(self.attributes_.fields)}
