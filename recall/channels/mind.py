@@ -147,7 +147,7 @@ class MIND(LearnedChannel):
         self.train_log_ = train_model(model, user_vector, self.events_, data, p, self.name)
         self.model_ = model
         vectors, has = final_item_vectors(model, self.side_, self.trained_)
-        items, weights = serving_inputs(model, data, p, vectors, self.trained_)
+        items, weights = serving_inputs(data, p, self.trained_)
         out = np.zeros((data.n_users, p.max_interests, p.dim), dtype=np.float32)
         k = np.zeros(data.n_users, dtype=np.int64)
         saved = torch.get_num_threads()
@@ -175,9 +175,8 @@ class MIND(LearnedChannel):
         return self
 
     def facts(self) -> dict:
-        active = self.k_[self.k_ > 0]
-        return {**super().facts(),
-                "interests_per_user": {str(k): int((active == k).sum()) for k in range(1, self.params.max_interests + 1)}}
+        counts = np.bincount(self.k_, minlength=self.params.max_interests + 1)
+        return {**super().facts(), "interests_per_user": {str(k): int(counts[k]) for k in range(1, counts.size)}}
 
     def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
         frames = [self._block(data, chunk_rows(chunk), n)

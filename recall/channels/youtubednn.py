@@ -492,8 +492,8 @@ def final_item_vectors(model, side, trained: np.ndarray, block: int = 65536) -> 
     return out, has
 
 
-def serving_inputs(model, data: TrainData, p: TwoTowerParams, item_vectors: np.ndarray, trained: np.ndarray):
-    """Per user: history vectors, weights and user indices (the serving user tower's inputs)."""
+def serving_inputs(data: TrainData, p: TwoTowerParams, trained: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per user: the history items and weights the serving user tower pools (the trigger matrix)."""
     items, weights = serving_history(data, p.max_history)
     # Only items the tower learned can be history (a cold item's ID embedding is untrained).
     weights = np.where(trained[items], weights, 0.0).astype(np.float32)
@@ -549,7 +549,7 @@ class YouTubeDNN(LearnedChannel):
         self.train_log_ = train_model(model, user_vector, self.events_, data, p, self.name)
         self.model_ = model
         vectors, has = final_item_vectors(model, self.side_, self.trained_)
-        items, weights = serving_inputs(model, data, p, vectors, self.trained_)
+        items, weights = serving_inputs(data, p, self.trained_)
         users = np.zeros((data.n_users, p.dim), dtype=np.float32)
         active = (weights.sum(1) > 0) | self.attributes_.known
         saved = torch.get_num_threads()
