@@ -94,6 +94,8 @@ def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
             "test_users": report["test_users"], "cold_users": report["test_users_without_history"],
             "targets": report["targets"], "warm_users": report["segment_users"].get("warm", 0),
             "results": [r for r in report["results"] if r["k"] in KS], "headline": report["headline"],
+            "segment_results": [r for r in report["segment_results"]
+                                if r["k"] == max(KS) and r["segment"] in ("cold", "light", "heavy")],
             "budget_filled": report["budget_filled"]}
 
 
