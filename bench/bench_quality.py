@@ -33,6 +33,7 @@ OUT = HERE / "out"
 SHARED = REPO.parent / "shared" / "data"
 KS = (50, 100, 200)
 FAST = ("itemcf", "usercf", "ranki2i", "association", "crowd", "interest", "retarget", "swing", "ease", "als")
+LEARNED = ("youtubednn", "mind")  # off in `recall init` configs (minutes of CPU); "+learned" turns them on
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
 
 
@@ -69,9 +70,12 @@ def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
     data = load_dataset(folder)
     raw = tomllib.loads(starting_config(profile(data), str(folder)))
     raw["eval"] = {**raw.get("eval", {}), "protocol": protocol, "ks": list(KS)}
-    if channels == "fast":
-        for section in set(raw["channels"]) - set(FAST):
+    base = channels.removesuffix("+learned")
+    if base == "fast":
+        for section in set(raw["channels"]) - set(FAST) - set(LEARNED):
             raw["channels"][section]["enabled"] = False
+    for section in LEARNED:
+        raw["channels"].setdefault(section, {})["enabled"] = channels.endswith("+learned")
     cfg = Config.model_validate(raw)
     started = time.perf_counter()
     tuned = tune(cfg, data)
@@ -90,6 +94,8 @@ def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
             "test_users": report["test_users"], "cold_users": report["test_users_without_history"],
             "targets": report["targets"], "warm_users": report["segment_users"].get("warm", 0),
             "results": [r for r in report["results"] if r["k"] in KS], "headline": report["headline"],
+            "segment_results": [r for r in report["segment_results"]
+                                if r["k"] == max(KS) and r["segment"] in ("cold", "light", "heavy")],
             "budget_filled": report["budget_filled"]}
 
 
@@ -149,8 +155,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="ml-100k,taobao-84k,sample")
     parser.add_argument("--protocols", default="time,user")
-    parser.add_argument("--channels", default="all", choices=["all", "fast"],
-                        help=f"all: every channel recall init enables; fast: {', '.join(FAST)}")
+    parser.add_argument("--channels", default="all", choices=["all", "fast", "all+learned", "fast+learned"],
+                        help=f"all: every channel recall init enables; fast: {', '.join(FAST)}; +learned: "
+                             f"also {', '.join(LEARNED)} (stored in quality-learned.json, never --write)")
     parser.add_argument("--write", action="store_true", help="replace the quality section of BENCHMARKS.md")
     parser.add_argument("--render", action="store_true", help="run nothing: write the stored runs (with --write)")
     args = parser.parse_args()
@@ -165,14 +172,14 @@ def main() -> None:
             print(markdown(runs[-1:]), flush=True)
     # Runs accumulate in quality.json by (dataset, protocol): one invocation per dataset is fine.
     OUT.mkdir(parents=True, exist_ok=True)
-    store = OUT / "quality.json"
+    store = OUT / ("quality-learned.json" if args.channels.endswith("+learned") else "quality.json")
     stored = {(r["dataset"], r["protocol"]): r for r in (json.loads(store.read_text()) if store.exists() else [])}
     command = "python bench/bench_quality.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
     stored.update({(r["dataset"], r["protocol"]): {**r, "command": command.strip()} for r in runs})
     ordered = [stored[key] for key in sorted(stored, key=lambda k: (list(datasets()).index(k[0])
                                                                       if k[0] in datasets() else 99, k[1]))]
     store.write_text(json.dumps(ordered, indent=1, default=str))
-    if args.write:
+    if args.write and not args.channels.endswith("+learned"):
         write_section(markdown(ordered))
 
 

@@ -158,6 +158,10 @@ PRIOR_SHARES = {"itemcf": 0.1, "usercf": 0.1, "ranki2i": 0.1, "association": 0.1
                 "deepwalk": 0.05, "node2vec": 0.05, "eges": 0.05, "ease": 0.05, "als": 0.05, "swing": 0.05,
                 "interest": 0.1, "crowd": 0.25}
 SESSION_CHANNELS = ("item2vec", "deepwalk", "node2vec", "eges")
+# Learned user-to-item channels: written disabled (a fit takes minutes where the counting channels
+# take seconds); their prior share applies once a user enables them.
+LEARNED_CHANNELS = ("youtubednn", "mind")
+LEARNED_PRIOR_SHARE = 0.05
 
 
 def _channel_sections(p: Profile, engaged: list[str], ratings: bool) -> list[str]:
@@ -186,8 +190,12 @@ def _channel_sections(p: Profile, engaged: list[str], ratings: bool) -> list[str
         else:
             lines += [behaviors, *extra.get(name, [])]
     deep = any(p.behaviors.get(b, 0) for b in ("fav", "cart")) and not ratings
-    lines += ["", "[channels.ges]", "enabled = false                  # EGES without attention: a reference only",
-              "", "[channels.retarget]"]
+    lines += ["", "[channels.ges]", "enabled = false                  # EGES without attention: a reference only"]
+    for name in LEARNED_CHANNELS:
+        lines += ["", f"[channels.{name}]",
+                  "enabled = false                  # learned u2i: minutes of CPU per fit; enable to compare "
+                  "(BENCHMARKS.md, issue 17)", f"share = {LEARNED_PRIOR_SHARE}", behaviors]
+    lines += ["", "[channels.retarget]"]
     lines += (["enabled = true", "quota = 10                       # retargeting volume is capped on purpose",
                "strict = true"] if deep else
               ["enabled = false                  # "

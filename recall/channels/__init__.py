@@ -12,11 +12,13 @@ from recall.channels.eges import EGES, GES
 from recall.channels.interest import Interest
 from recall.channels.item2vec import Item2Vec
 from recall.channels.itemcf import ItemCF
+from recall.channels.mind import MIND
 from recall.channels.node2vec import Node2Vec
 from recall.channels.ranki2i import RankI2I
 from recall.channels.retarget import Retarget
 from recall.channels.swing import Swing
 from recall.channels.usercf import UserCF
+from recall.channels.youtubednn import YouTubeDNN
 from recall.errors import RecallError
 
 CHANNELS: dict[str, type[Channel]] = {
@@ -35,6 +37,8 @@ CHANNELS: dict[str, type[Channel]] = {
     Node2Vec.name: Node2Vec,
     EGES.name: EGES,
     GES.name: GES,
+    YouTubeDNN.name: YouTubeDNN,
+    MIND.name: MIND,
 }
 
 
