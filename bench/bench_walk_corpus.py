@@ -14,7 +14,8 @@ channel's Recall@200 on the test targets (new items, as ``recall eval``).
 split moved back by ``eval.test_days``): choose settings there, report on test.
 Sizings: ``node:N`` is N walks from every item with an out-edge (the old
 default, N = 10), ``transition:C`` is C walks per session transition
-(``walks_per_transition``); ``key=value`` pairs after a ``/`` override other
+(``walks_per_transition``), ``default`` the config's settings as they are
+(also on an older checkout, for before/after runs); ``key=value`` pairs after a ``/`` override other
 channel settings (``transition:1.0/min_walks=20000``).
 """
 
@@ -34,6 +35,8 @@ DATA = {"ml-100k": ("data/imported/ml-100k", "configs/ml-100k.toml"),
 
 
 def sizing_update(text: str) -> dict:
+    if text == "default":
+        return {}
     head, *rest = text.split("/")
     kind, value = head.split(":")
     update = ({"walks_per_node": int(value)} if kind == "node"

@@ -42,7 +42,7 @@ class WalkParams(BaseModel):
     """How many walks, from where, and how long (mixed into the channels' params models)."""
 
     walks_per_transition: float = Field(
-        1.0, gt=0, description="walks started per session transition (unit of out-strength) of the item graph: "
+        0.5, gt=0, description="walks started per session transition (unit of out-strength) of the item graph: "
                                "the corpus grows with the events, not the catalogue")
     min_walks: int = Field(10_000, ge=1, description="walks in all at least (small logs)")
     min_degree: int = Field(1, ge=1, description="items with fewer distinct out-neighbours start no walks of "
