@@ -8,7 +8,9 @@ transitions). Here the walk starts follow the data instead:
 
 * the budget is ``walks_per_transition`` walks per unit of out-strength (one
   session transition i -> j is one unit of weight of the item graph), at least
-  ``min_walks`` in all, so the corpus grows with the events;
+  ``min_walks`` in all, so the corpus grows with the events (``min_walks_per_item``
+  adds a floor per item with out-edges, bounded by the distinct edges, for
+  sparse logs where one-off items carry the signal);
 * node v starts ``B s_v / S`` walks in expectation (``s_v`` its out-strength,
   ``S`` the total, ``B`` the budget): the integer part always, one more with
   the probability of the fractional part (seeded), so the starts are exactly
@@ -45,6 +47,8 @@ class WalkParams(BaseModel):
         0.5, gt=0, description="walks started per session transition (unit of out-strength) of the item graph: "
                                "the corpus grows with the events, not the catalogue")
     min_walks: int = Field(10_000, ge=1, description="walks in all at least (small logs)")
+    min_walks_per_item: int = Field(0, ge=0, description="walks every item with at least min_degree "
+                                                         "out-neighbours starts at least (sparse logs)")
     min_degree: int = Field(1, ge=1, description="items with fewer distinct out-neighbours start no walks of "
                                                  "their own (they get vectors from their neighbours)")
     walks_per_node: int | None = Field(None, ge=1, description="if set, the per-node sizing instead: this many "
@@ -84,6 +88,7 @@ def walk_starts(graph: sp.csr_matrix, p: WalkParams, seed: int) -> np.ndarray:
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x57A7,)))
         counts = np.floor(expected).astype(np.int64)
         counts += rng.random(expected.size) < expected - counts
+        counts = np.where(strength > 0, np.maximum(counts, p.min_walks_per_item), 0)
         starts = np.repeat(np.arange(graph.shape[0], dtype=np.int64), counts)
     # Shuffled, so a hub's many walks are spread over the corpus (gensim's learning rate
     # decays along it) rather than trained back to back.
@@ -100,8 +105,7 @@ def walk_corpus(data: TrainData, graph_params: GraphParams, p: WalkParams, node2
 
     if node2vec == (1.0, 1.0):
         node2vec = None
-    key = (graph_params.model_dump_json(), p.walks_per_transition, p.min_walks, p.min_degree, p.walks_per_node,
-           p.walk_length, node2vec, data.seed)
+    key = (graph_params.model_dump_json(), p.model_dump_json(), node2vec, data.seed)
     cache = data.__dict__.setdefault("_walk_corpora", {})
     if key in cache:
         return cache[key]

@@ -54,26 +54,20 @@ learning rate decays linearly from ``learning_rate`` to ``min_learning_rate``.
 With the same graph and walk settings and seed, EGES walks are exactly the
 ``deepwalk`` channel's walks.
 
-Implementation: PyTorch on CPU. All value embeddings (IDs and every field's
-values) are rows of one ``nn.Embedding(sparse=True)``; an item is a fixed row of
-token indices into it (multi-valued fields padded with a padding row that gets
-no gradient), so ``H`` for a batch is one gather and one weighted sum. The
-context table and the attention logits are sparse embeddings too, all updated
-by ``torch.optim.SparseAdam`` (its update, computed with row gathers: see
-:func:`sparse_adam`): each step touches only the rows in the batch (a dense
-optimiser would also move every untouched row through its momentum).
-Within a batch each distinct item is embedded once, so the sparse gradients
-have one row per distinct item rather than one per occurrence (on ml-100k the
-optimiser step became about 3x cheaper). Training pairs are generated per
-window offset with numpy over a block of walks at a time, never per walk;
-negatives come from a guide-table search (:func:`draw_negatives`), one
-vectorised draw per block. Training is reproducible under a seed with
-``workers = 1`` (more torch threads sum in a different order: ~1e-7 apart).
+Implementation (:mod:`recall.channels.eges_train`): PyTorch on CPU with
+hand-written gradients, no autograd. A batch is a set of centre positions of
+the walks with all their contexts, so ``H_v`` is computed once per centre for
+all its pairs; every ``negative_chunk`` centres share ``shared_negatives``
+negatives, weighted so the expected loss is that of ``negative`` negatives per
+pair, and their scores are one batched matmul; the value, context and attention
+tables are updated by a lazy Adam on the touched rows (SparseAdam's update); a
+producer thread cuts, down-samples and windows the walks with numpy while torch
+trains. The autograd trainer it replaced is kept as the tests' oracle
+(``tests/eges_reference.py``). Training is reproducible under a seed with
+``workers = 1`` (more torch threads sum in a different order).
 
-Measured (``bench/bench_eges.py``, 2 shared cores, one torch thread): about
-190,000 pairs/s on the graph of a 5M-event synthetic log (20,000 items,
-batch 2048) and 350,000 pairs/s on MovieLens-100K, where a full fit (8.6M pairs
-over 5 epochs) takes about 25 s.
+Measured (``bench/bench_eges.py``, 2 shared cores, BENCHMARKS.md, issue 15):
+about 5x the pairs/s of the autograd trainer on the same walks, side by side.
 """
 
 
