@@ -18,26 +18,30 @@ def star_graph() -> sp.csr_matrix:
 
 def test_starts_are_proportional_to_out_strength_within_one():
     graph = star_graph()
-    p = WalkParams(walks_per_transition=2.0, min_walks=1)
+    p = WalkParams(walks_per_transition=2.0, min_walks=1, min_walks_per_item=0)
     starts = walk_starts(graph, p, seed=0)
     counts = np.bincount(starts, minlength=5)
     expected = 2.0 * 45 * np.array([40, 4, 1, 0, 0]) / 45
     assert (np.abs(counts - expected) < 1).all()
     assert counts[3] == counts[4] == 0  # no out-edge: no walks of its own
     # Stochastic rounding is unbiased: over seeds the mean count is the expectation.
-    mean = np.mean([np.bincount(walk_starts(graph, WalkParams(walks_per_transition=0.3, min_walks=1), s),
+    mean = np.mean([np.bincount(walk_starts(graph, WalkParams(walks_per_transition=0.3, min_walks=1, min_walks_per_item=0), s),
                                 minlength=5) for s in range(400)], axis=0)
     np.testing.assert_allclose(mean, 0.3 * np.array([40, 4, 1, 0, 0]), atol=0.15)
 
 
 def test_min_walks_floor_min_degree_and_per_node_sizing():
     graph = star_graph()
-    assert walk_starts(graph, WalkParams(walks_per_transition=0.1, min_walks=450), 0).size == pytest.approx(450, abs=2)
+    assert walk_starts(graph, WalkParams(walks_per_transition=0.1, min_walks=450, min_walks_per_item=0), 0).size == pytest.approx(450, abs=2)
     counts = np.bincount(walk_starts(graph, WalkParams(min_degree=2, min_walks=100), 0), minlength=5)
     assert counts[0] == 100 and counts[1:].sum() == 0  # only node 0 has two out-neighbours
     counts = np.bincount(walk_starts(graph, WalkParams(walks_per_node=3), 0), minlength=5)
     assert counts.tolist() == [3, 3, 3, 0, 0]
     assert walk_starts(graph, WalkParams(), 0).tolist() == walk_starts(graph, WalkParams(), 0).tolist()
+    # The per-item floor: every item with an out-edge starts at least that many.
+    counts = np.bincount(walk_starts(graph, WalkParams(walks_per_transition=0.01, min_walks=1,
+                                                       min_walks_per_item=3), 0), minlength=5)
+    assert counts.tolist() == [3, 3, 3, 0, 0]
 
 
 def test_neighbour_fill_is_the_weighted_mean_of_neighbours_with_vectors():
