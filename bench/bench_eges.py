@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--channels", nargs="+", default=["eges", "ges"])
+    parser.add_argument("--gensim", action="store_true",
+                        help="also gensim's skip-gram (Word2Vec sg=1, as the deepwalk channel) on the same walks")
+    parser.add_argument("--reference", action="store_true",
+                        help="also the autograd trainer the fast one replaced (tests/eges_reference.py)")
     parser.add_argument("--rounds", type=int, default=1, help="repetitions of every contender (best is kept)")
     parser.add_argument("--max-walks", type=int, default=0, help="train on the first N walks only (0: all)")
     parser.add_argument("--ml100k", action="store_true", help="also time a full fit on MovieLens-100K")
@@ -53,9 +57,14 @@ def main() -> None:
     from recall.channels.eges import EGES, GES, side_info, train
     from recall.config import load_config
     from recall.context import TrainData
+    from recall.corpus import WalkParams, walk_corpus
+    from recall.embedding import skipgram
     from recall.graph import GraphParams, graph_stats, item_graph
     from recall.io import load_dataset
-    from recall.walks import deepwalk_walks
+    from recall.walks import walks_to_sentences
+
+    sys.path.insert(0, str(ROOT))
+    from tests import eges_reference
 
     classes = {"eges": EGES, "ges": GES}
     cfg = load_config(args.config)
@@ -66,7 +75,8 @@ def main() -> None:
     graph = item_graph(data, GraphParams.of(base))
     graph_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    walks = deepwalk_walks(graph, base.walks_per_node, base.walk_length, data.seed)
+    walks = walk_corpus(data, GraphParams.of(base),
+                        WalkParams(**{k: getattr(base, k) for k in WalkParams.model_fields})).walks
     walk_seconds = time.perf_counter() - started
     if args.max_walks:
         walks = walks[np.random.default_rng(0).permutation(walks.shape[0])[:args.max_walks]]
@@ -76,6 +86,7 @@ def main() -> None:
     stats = graph_stats(graph)
 
     results: dict[tuple, list] = {}
+    gensim_runs: dict[int, list] = {}
     for round_ in range(args.rounds):
         for name in args.channels:
             for workers in args.workers:
@@ -87,6 +98,20 @@ def main() -> None:
                     results.setdefault((name, workers, batch), []).append(result)
                     print(f"round {round_ + 1} {name} workers={workers} batch={batch}: {result.pairs:,} pairs "
                           f"in {result.seconds:.1f}s", file=sys.stderr)
+                    if args.reference:
+                        result = eges_reference.train(walks, side, params, data.seed)
+                        results.setdefault((f"{name} (autograd reference)", workers, batch), []).append(result)
+                        print(f"round {round_ + 1} reference {name}: {result.pairs:,} pairs in "
+                              f"{result.seconds:.1f}s", file=sys.stderr)
+        if args.gensim:
+            for workers in args.workers:
+                params = base.model_copy(update={"epochs": args.epochs, "workers": workers})
+                started = time.perf_counter()
+                sentences = walks_to_sentences(walks)
+                skipgram(sentences, params, data.seed, data.n_items)
+                seconds = time.perf_counter() - started
+                gensim_runs.setdefault(workers, []).append(seconds)
+                print(f"round {round_ + 1} gensim workers={workers}: {seconds:.1f}s", file=sys.stderr)
 
     command = "python bench/bench_eges.py " + " ".join(sys.argv[1:])
     print(f"\n`{command.strip()}`\n")
@@ -96,12 +121,21 @@ def main() -> None:
           f"{walk_seconds:.2f}s); side fields {side.fields} (vocab {side.vocab}, encoded in "
           f"{side_seconds:.2f}s); dim {base.dim}, window {base.window}, negative {base.negative}, "
           f"sample {base.sample}, {args.epochs} epoch(s)\n")
-    print("| channel | torch threads | batch | pairs | train seconds | pairs/s | final loss |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    tokens = int((walks >= 0).sum()) * args.epochs
+    print("| trainer | threads | batch | pairs | train seconds | tokens/s | pairs/s | final loss |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for (name, workers, batch), runs in results.items():
         best = min(runs, key=lambda r: r.seconds)
-        print(f"| {name} | {workers} | {batch} | {best.pairs:,} | {best.seconds:.1f} | "
+        print(f"| {name} | {workers} | {batch} | {best.pairs:,} | {best.seconds:.1f} | {tokens / best.seconds:,.0f} | "
               f"{best.pairs / best.seconds:,.0f} | {best.losses[-1]:.3f} |")
+    if gensim_runs:
+        # gensim does not count pairs; with the same walks, window, shrinking and down-sampling it
+        # trains on the same number in expectation as EGES (the first contender's count is used).
+        pairs = next(iter(results.values()))[0].pairs if results else 0
+        for workers, runs in gensim_runs.items():
+            best = min(runs)
+            print(f"| gensim skip-gram (ID only) | {workers} | - | ~{pairs:,} | {best:.1f} | {tokens / best:,.0f} | "
+                  f"~{pairs / best:,.0f} | - |")
 
     if args.ml100k:
         ml_cfg = load_config(args.ml_config)

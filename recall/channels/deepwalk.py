@@ -2,12 +2,15 @@
 
 The directed item graph of :func:`recall.graph.item_graph` (edge i -> j weighted by
 the number of times j followed i within a session, bots removed) is sampled by
-``walks_per_node`` weighted random walks of ``walk_length`` nodes from every item
-with an out-edge: the next node is x with probability w(v, x) / sum_y w(v, y)
-(:func:`recall.walks.deepwalk_walks`, vectorised over all walkers). The walks
-are sentences for skip-gram with negative sampling (gensim); the i2i table is
-the cosine between item vectors (faiss) and recall is the shared trigger
-expansion or a user vector (:mod:`recall.embedding`).
+weighted random walks of ``walk_length`` nodes: the next node is x with
+probability w(v, x) / sum_y w(v, y) (:func:`recall.walks.deepwalk_walks`,
+vectorised over all walkers). The walks start from items in proportion to
+their out-strength, ``walks_per_transition`` per session transition, so the
+corpus grows with the events, not the catalogue (:mod:`recall.corpus`); an
+item on no walk but with edges gets the weighted mean of its neighbours'
+vectors. The walks are sentences for skip-gram with negative sampling
+(gensim); the i2i table is the cosine between item vectors (faiss) and recall
+is the shared trigger expansion or a user vector (:mod:`recall.embedding`).
 
 Walks spread the sparse session co-occurrences over the graph, so items a few
 transitions apart, never in one session, still get similar vectors.
@@ -16,17 +19,16 @@ transitions apart, never in one session, still get similar vectors.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
 
 from recall.context import TrainData
+from recall.corpus import WalkCorpus, WalkParams, neighbour_fill, walk_corpus
 from recall.embedding import EmbeddingChannel, EmbeddingParams, skipgram
-from recall.graph import GraphParams, item_graph
-from recall.walks import deepwalk_walks, walks_to_sentences
+from recall.graph import GraphParams
+from recall.walks import walks_to_sentences
 
 
-class DeepWalkParams(EmbeddingParams, GraphParams):
-    walks_per_node: int = Field(10, ge=1, description="walks started from every item with an out-edge")
-    walk_length: int = Field(20, ge=2, description="items per walk, the start included")
+class DeepWalkParams(EmbeddingParams, GraphParams, WalkParams):
+    pass
 
 
 class DeepWalk(EmbeddingChannel):
@@ -34,9 +36,15 @@ class DeepWalk(EmbeddingChannel):
     description = "DeepWalk: weighted random walks on the session item graph, skip-gram, faiss"
     Params = DeepWalkParams
 
+    def corpus(self, data: TrainData) -> WalkCorpus:
+        """The shared walk corpus (:func:`recall.corpus.walk_corpus`) of this channel's settings."""
+        return walk_corpus(data, GraphParams.of(self.params), WalkParams(**{
+            name: getattr(self.params, name) for name in WalkParams.model_fields}))
+
     def walks(self, data: TrainData) -> np.ndarray:
-        p = self.params
-        return deepwalk_walks(item_graph(data, GraphParams.of(p)), p.walks_per_node, p.walk_length, data.seed)
+        return self.corpus(data).walks
 
     def item_vectors(self, data: TrainData) -> tuple[np.ndarray, np.ndarray]:
-        return skipgram(walks_to_sentences(self.walks(data)), self.params, data.seed, data.n_items)
+        corpus = self.corpus(data)
+        vectors, mask = skipgram(walks_to_sentences(corpus.walks), self.params, data.seed, data.n_items)
+        return neighbour_fill(corpus.graph, vectors, mask)

@@ -13,13 +13,12 @@ item (BFS-like: structurally similar items), ``q < 1`` sends them outward
 
 from __future__ import annotations
 
-import numpy as np
 from pydantic import Field
 
 from recall.channels.deepwalk import DeepWalk, DeepWalkParams
 from recall.context import TrainData
-from recall.graph import GraphParams, item_graph
-from recall.walks import node2vec_walks
+from recall.corpus import WalkCorpus, WalkParams, walk_corpus
+from recall.graph import GraphParams
 
 
 class Node2VecParams(DeepWalkParams):
@@ -33,7 +32,8 @@ class Node2Vec(DeepWalk):
     description = "Node2Vec: p/q-biased second-order walks on the session item graph, skip-gram, faiss"
     Params = Node2VecParams
 
-    def walks(self, data: TrainData) -> np.ndarray:
+    def corpus(self, data: TrainData) -> WalkCorpus:
         p = self.params
-        return node2vec_walks(item_graph(data, GraphParams.of(p)), p.walks_per_node, p.walk_length,
-                              p.p, p.q, data.seed)
+        return walk_corpus(data, GraphParams.of(p), WalkParams(**{name: getattr(p, name)
+                                                                  for name in WalkParams.model_fields}),
+                           node2vec=(p.p, p.q))
