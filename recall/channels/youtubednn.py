@@ -125,7 +125,7 @@ def _encoder_options(p: TwoTowerParams, columns: list[str] | None):
 
 def item_side(data: TrainData, p: TwoTowerParams):
     """The items' :class:`recall.channels.eges.SideInfo` (ID first, then side fields)."""
-    from recall.channels.eges import side_info
+    from recall.channels.side_info import side_info
 
     return side_info(data.item_ids, data.items, _encoder_options(p, p.side_columns))
 
@@ -148,7 +148,7 @@ class UserAttributes:
 
 def user_attributes(data: TrainData, p: TwoTowerParams) -> UserAttributes:
     """Encode the users table like EGES encodes items (the EGES encoder, with the id column dropped)."""
-    from recall.channels.eges import side_info
+    from recall.channels.side_info import side_info
 
     n = data.n_users
     if data.users is None or data.users.width <= 1:
