@@ -39,8 +39,8 @@ The loss is the sampled softmax over the target and the negatives, both scored
   TensorFlow's candidate sampler; logits corrected by ``- log(S Q)``.
 
 Negatives that equal the row's target (accidental hits) are masked out. Item
-and attribute embeddings are sparse rows updated by the row-gather SparseAdam
-of :func:`recall.channels.eges.sparse_adam`; the MLP by Adam. Each epoch
+and attribute embeddings are sparse rows updated by ``torch.optim.SparseAdam``;
+the MLP by Adam. Each epoch
 shuffles the targets (seeded); histories are gathered per batch with numpy
 index arithmetic (no loop over events). ``threads`` torch threads (default 1,
 the only bit-reproducible setting).
@@ -421,9 +421,7 @@ def train_model(model, user_vector, ev: Events, data: TrainData, p: TwoTowerPara
     softmax = SampledSoftmax(p, counts, rng)
     sparse = [model.values.weight, model.attributes.weight]
     dense = [w for w in model.parameters() if all(w is not s for s in sparse)]
-    from recall.channels.eges import sparse_adam
-
-    optimizers = [sparse_adam(sparse, lr=p.learning_rate)]
+    optimizers = [torch.optim.SparseAdam(sparse, lr=p.learning_rate)]
     if dense:
         optimizers.append(torch.optim.Adam(dense, lr=p.learning_rate))
     window, half_life = data.triggers.window_days, data.triggers.half_life_days
