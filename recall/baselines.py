@@ -24,21 +24,9 @@ import numpy as np
 import polars as pl
 
 from recall import schema as S
-from recall.context import IIDX, UIDX, TrainData
-from recall.decay import DAY, halving
+from recall.context import IIDX, TrainData, item_popularity
 
 Baseline = Callable[[TrainData, pl.Series, int], pl.DataFrame]
-
-
-def item_popularity(train: TrainData, half_life_days: float | None = None) -> pl.DataFrame:
-    """``item_idx, n``: distinct engaged users per item, each optionally decayed by recency, best first."""
-    pairs = train.engaged().group_by(UIDX, IIDX).agg(pl.col(S.TS).max())
-    if half_life_days is None:
-        weight = pl.len().cast(pl.Float64)
-    else:
-        weight = halving(train.now - pl.col(S.TS), half_life_days * DAY).sum()
-    return (pairs.group_by(IIDX).agg(weight.alias("n"))
-            .sort(["n", IIDX], descending=[True, False]))
 
 
 def popular_lists(train: TrainData, users: pl.Series, n: int, ranking: pl.DataFrame) -> pl.DataFrame:

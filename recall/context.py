@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from recall import schema as S
 from recall.sections import TriggerConfig
-from recall.decay import halving
+from recall.decay import DAY, halving
 from recall.io import Dataset
 
 UIDX = "user_idx"
@@ -130,3 +130,14 @@ class TrainData:
         if default is not None:
             series = series.fill_null(default)
         return series.to_numpy()
+
+
+def item_popularity(train: TrainData, half_life_days: float | None = None) -> pl.DataFrame:
+    """``item_idx, n``: distinct engaged users per item, each optionally decayed by recency, best first."""
+    pairs = train.engaged().group_by(UIDX, IIDX).agg(pl.col(S.TS).max())
+    if half_life_days is None:
+        weight = pl.len().cast(pl.Float64)
+    else:
+        weight = halving(train.now - pl.col(S.TS), half_life_days * DAY).sum()
+    return (pairs.group_by(IIDX).agg(weight.alias("n"))
+            .sort(["n", IIDX], descending=[True, False]))

@@ -30,9 +30,8 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recall import schema as S
-from recall.baselines import item_popularity
 from recall.channels.itemcf import category_codes
-from recall.context import IIDX, TrainData
+from recall.context import IIDX, TrainData, item_popularity
 from recall.errors import RecallError
 from recall.interface import Channel, ChannelParams, Span, empty_candidates
 from recall.sparse import chunk_rows, csr_to_frame, row_blocks, top_k_per_row
