@@ -153,7 +153,6 @@ def sparse_adam(params, lr: float = 1e-3):
     return IndexSparseAdam(params, lr=lr)
 
 
-
 @dataclass
 class TrainResult:
     """A trained model and what the training saw."""
@@ -163,30 +162,6 @@ class TrainResult:
     losses: list[float]         # mean loss per pair, per epoch
     pairs: int                  # pairs trained on, over all epochs
     seconds: float              # training wall time (pair generation included)
-
-
-def compact(walks: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Walks with the tokens where ``keep`` is false removed and the rest shifted left (-1 padded).
-
-    As word2vec drops a down-sampled or out-of-vocabulary word from its sentence
-    before windowing, the neighbours of a removed token become each other's contexts.
-    """
-    keep = keep & (walks >= 0)
-    position = np.cumsum(keep, axis=1) - 1
-    out = np.full(walks.shape, -1, dtype=walks.dtype)
-    rows = np.broadcast_to(np.arange(walks.shape[0])[:, None], walks.shape)
-    out[rows[keep], position[keep]] = walks[keep]
-    return out
-
-
-def keep_probability(counts: np.ndarray, sample: float) -> np.ndarray:
-    """word2vec's down-sampling: P(keep) = (sqrt(c / t) + 1) t / c with t = sample x total, capped at 1."""
-    if sample <= 0:
-        return np.ones(counts.size)
-    threshold = sample * counts.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        probability = (np.sqrt(counts / threshold) + 1.0) * threshold / counts
-    return np.where(counts > 0, np.minimum(probability, 1.0), 0.0)
 
 
 def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
@@ -200,8 +175,6 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
     decays linearly from ``learning_rate`` to ``min_learning_rate`` over the
     walks of all epochs, as in word2vec.
     """
-    import time
-
     import torch
 
     started = time.perf_counter()
