@@ -45,23 +45,22 @@ class InterestParams(ChannelParams):
                                                                    "vote (inf: all history counts alike)")
 
 
-def category_matrix(categories: np.ndarray) -> tuple[sp.csr_matrix, int]:
-    """Items x categories one-hot (items without a category have an empty row), and the category count."""
+def category_matrix(categories: np.ndarray, n_categories: int) -> sp.csr_matrix:
+    """Items x categories one-hot (items without a category have an empty row)."""
     known = np.flatnonzero(categories >= 0)
-    n_categories = int(categories.max(initial=-1)) + 1
-    one_hot = sp.csr_matrix((np.ones(len(known), dtype=np.float32), (known, categories[known])),
-                            shape=(len(categories), n_categories))
-    return one_hot, n_categories
+    return sp.csr_matrix((np.ones(len(known), dtype=np.float32), (known, categories[known])),
+                         shape=(len(categories), n_categories))
 
 
-def category_lists(data: TrainData, categories: np.ndarray, p: InterestParams) -> sp.csr_matrix:
+def category_lists(data: TrainData, categories: np.ndarray, n_categories: int, p: InterestParams
+                   ) -> sp.csr_matrix:
     """Categories x items: each category's most popular items, weighted ``popularity / size ** exponent``."""
     popular = item_popularity(data, p.popularity_half_life_days)
     items = popular[IIDX].to_numpy()
     votes = popular["n"].to_numpy().astype(np.float64)
+    known = categories[items] >= 0
+    items, votes = items[known], votes[known]
     cats = categories[items]
-    items, votes, cats = items[cats >= 0], votes[cats >= 0], cats[cats >= 0]
-    n_categories = int(categories.max(initial=-1)) + 1
     size = np.bincount(cats, weights=votes, minlength=n_categories)
     weight = votes / np.maximum(size[cats], 1e-12) ** p.size_exponent
     lists = sp.csr_matrix((weight, (cats, items)), shape=(n_categories, data.n_items))
@@ -78,8 +77,9 @@ class Interest(Channel):
         if categories is None:
             raise RecallError("channels.interest needs an items table with a 'category_id' column; "
                               "add one or set channels.interest.enabled = false")
-        self.one_hot_, _ = category_matrix(categories)
-        self.lists_ = category_lists(data, categories, self.params)
+        n_categories = int(categories.max(initial=-1)) + 1  # codes are 0..n-1, -1 unknown
+        self.one_hot_ = category_matrix(categories, n_categories)
+        self.lists_ = category_lists(data, categories, n_categories, self.params)
         return self
 
     def recommend(self, data: TrainData, n: int, users: np.ndarray | None = None) -> pl.DataFrame:
