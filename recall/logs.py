@@ -6,7 +6,7 @@ Everything in ``recall`` logs to the ``recall`` logger. :func:`setup_logging`
 ========================  ===================  ==========================
 mode                      level shown          format
 ========================  ===================  ==========================
-default                   warnings and errors  ``warning: message``
+default                   warnings and errors  ``warning: message`` (each text once)
 ``--quiet``               errors only          as chosen
 ``--log-format json``     info and up          ``{"ts", "level", "event", "message", "fields"}``
 ``--debug``               everything           as chosen, with tracebacks
@@ -69,6 +69,24 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+class _FirstTimeOnly(logging.Filter):
+    """Drops a warning whose text was already shown (people read a warning once; an evaluation
+    that applies the filters per segment and per quota set would repeat it a dozen times)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        text = record.getMessage()
+        if text in self.shown:
+            return False
+        self.shown.add(text)
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ``ts`` (UTC, ISO 8601), ``level``, ``event``, ``message``, ``fields``."""
 
@@ -102,6 +120,8 @@ def setup_logging(fmt: str = "text", quiet: bool = False, debug: bool = False) -
         logger.removeHandler(handler)
     handler = _CurrentStderr()
     handler.setFormatter(JsonFormatter(debug) if fmt == "json" else TextFormatter(debug))
+    if fmt == "text":
+        handler.addFilter(_FirstTimeOnly())  # JSON keeps every record: shippers count them
     logger.addHandler(handler)
     if debug:
         level = logging.DEBUG
