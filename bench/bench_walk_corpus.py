@@ -72,7 +72,7 @@ def main() -> None:
     from recall.evaluation import evaluation_targets, metrics, split_data
     from recall.split import REPEAT
     from recall.io import load_dataset
-    from recall.pipeline import fit_channel
+    from recall.pipeline import fit_model
 
     rows = []
     for name in args.datasets.split(","):
@@ -92,7 +92,7 @@ def main() -> None:
                 params = cfg.channels[channel].model_copy(update=sizing_update(sizing))
                 run_cfg = cfg.model_copy(update={"channels": {**cfg.channels, channel: params}})
                 started = time.perf_counter()
-                out = fit_channel(channel, run_cfg, train, 200)
+                out = fit_model(channel, run_cfg, train, 200)
                 seconds = time.perf_counter() - started
                 corpora = [v for v in train.__dict__.get("_walk_corpora", {}).values() if hasattr(v, "walks")]
                 walks = sum(c.walks.shape[0] for c in corpora)

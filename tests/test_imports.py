@@ -146,3 +146,30 @@ def test_the_public_api_is_small_lazy_and_real():
     probe = "import sys, recall; print(sorted(m for m in ('polars', 'torch', 'gensim', 'faiss') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+BENCH = RECALL.parent / "bench"
+
+
+def is_submodule(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent is a module, not a package
+        return False
+
+
+@pytest.mark.skipif(not BENCH.is_dir(), reason="no bench/ folder next to the package")
+def test_every_name_the_benchmarks_import_from_recall_exists():
+    """A benchmark that names a moved or renamed function fails here, not in the next timing session."""
+    missing = []
+    for path in sorted(BENCH.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("recall")):
+                continue
+            if not HAS_PYSPARK and node.module.startswith("recall.spark"):
+                continue
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                if not hasattr(module, alias.name) and not is_submodule(f"{node.module}.{alias.name}"):
+                    missing.append(f"{path.name}: from {node.module} import {alias.name}")
+    assert not missing, "\n".join(missing)
