@@ -21,10 +21,15 @@ each on what the previous one left:
 2. **Blacklist.** Rows of a CSV/Parquet file name an ``item_id`` and/or a
    ``category_id``; candidates matching either are dropped.
 3. **Diversity cap (scattering).** Walking a user's list best rank first, a candidate
-   is kept when fewer than ``max_per_category`` kept candidates precede it in its
-   category and fewer than ``max_per_brand`` in its brand (0: no cap; unknown
-   category/brand: uncapped). Candidates further down the reserve move up into the
-   freed places.
+   is within the caps when fewer than ``max_per_category`` candidates within the caps
+   precede it in its category and fewer than ``max_per_brand`` in its brand (0: no
+   cap; unknown category/brand: uncapped). Candidates over a cap are demoted, not
+   dropped: they move below every candidate within the caps, in their own order, and
+   candidates further down the reserve move up into the freed places. So the caps
+   hold wherever the reserve has enough other candidates, and a user whose reserve
+   runs out of other categories still gets the full budget, topped up with the best
+   over-cap candidates (a user whose interest recall is all in two categories would
+   otherwise get 80 candidates under a cap of 40).
 
 Then each user keeps the ``budget`` best-ranked survivors, re-ranked 1..n. The
 greedy walk of step 3 is computed without a loop over users: every round recounts,
@@ -54,6 +59,7 @@ log = logging.getLogger("recall")
 
 DAY = 86400
 FILTERS = ("purchase", "blacklist", "diversity")
+DEMOTED = "_over_cap"  # the diversity step's mark: ranked below every row within the caps
 KEY = "_block_key"  # what a purchase blocks: "c<category>" or, without a category, "i<item>"
 
 
@@ -293,7 +299,7 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
         kept = decided
     keep = np.zeros(frame.height, dtype=bool)
     keep[work["_row"].to_numpy()] = kept
-    return frame.filter(pl.Series(keep))
+    return frame.with_columns(pl.Series(DEMOTED, ~keep))
 
 
 # --------------------------------------------------------------------------- all together
@@ -324,8 +330,9 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
     -------
     The filtered table (same columns, ranks 1..n per user, at most ``budget`` rows
     per user, sorted by user and rank) and the rows each step removed:
-    ``purchase``, ``blacklist``, ``diversity`` (0 when disabled) and ``budget``
-    (survivors beyond the budget); they add up to the input rows minus the output rows.
+    ``purchase``, ``blacklist``, ``diversity`` (over-cap rows demoted beyond the
+    budget; 0 when disabled) and ``budget`` (the other rows beyond the budget); they
+    add up to the input rows minus the output rows.
     """
     if budget < 1:
         raise RecallError(f"the candidate budget must be at least 1 (got {budget}); set candidates_per_user")
@@ -346,10 +353,12 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
             before = frame.height
             frame = run(frame, data, section)
             removed[name] = before - frame.height
-    before = frame.height
+    if DEMOTED not in frame.columns:
+        frame = frame.with_columns(pl.lit(False).alias(DEMOTED))
     frame = (frame
-             .sort(S.USER, S.RANK, S.ITEM)
-             .with_columns(pl.int_range(1, pl.len() + 1).over(S.USER).cast(rank_dtype).alias(S.RANK))
-             .filter(pl.col(S.RANK) <= budget))
-    removed["budget"] = before - frame.height
-    return frame, removed
+             .sort(S.USER, DEMOTED, S.RANK, S.ITEM)
+             .with_columns(pl.int_range(1, pl.len() + 1).over(S.USER).cast(rank_dtype).alias(S.RANK)))
+    beyond = frame.filter(pl.col(S.RANK) > budget)
+    removed["diversity"] = int(beyond[DEMOTED].sum())
+    removed["budget"] = beyond.height - removed["diversity"]
+    return frame.filter(pl.col(S.RANK) <= budget).drop(DEMOTED), removed

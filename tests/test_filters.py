@@ -122,7 +122,7 @@ def oracle_blocked(events: pl.DataFrame, categories: dict | None, cfg: PurchaseF
 
 
 def oracle_diversity(lists: dict, categories: dict, brands: dict, cfg: DiversityConfig) -> dict:
-    """The greedy walk: keep a candidate if its category and brand are still under their caps."""
+    """The greedy walk: the candidates whose category and brand are still under their caps."""
     out = {}
     for user, items in lists.items():
         per_cat, per_brand, kept = defaultdict(int), defaultdict(int), []
@@ -164,11 +164,12 @@ def oracle_apply(candidates, events, items, cfg: FiltersConfig, budget: int, now
         removed["blacklist"] = sum(map(len, lists.values())) - sum(map(len, new.values()))
         lists = new
     if cfg.diversity.enabled:
-        cats = categories or {}
-        new = oracle_diversity(lists, cats, brands, cfg.diversity)
-        removed["diversity"] = sum(map(len, lists.values())) - sum(map(len, new.values()))
-        lists = new
-    removed["budget"] = sum(max(0, len(its) - budget) for its in lists.values())
+        within = oracle_diversity(lists, categories or {}, brands, cfg.diversity)
+        # Over-cap candidates follow every candidate within the caps, in their own order.
+        over = {u: [i for i in its if i not in set(within[u])] for u, its in lists.items()}
+        removed["diversity"] = sum(len(over[u][max(0, budget - len(within[u])):]) for u in lists)
+        lists = {u: within[u] + over[u] for u in lists}
+    removed["budget"] = sum(max(0, len(its) - budget) for its in lists.values()) - removed["diversity"]
     return {u: its[:budget] for u, its in lists.items() if its}, removed
 
 
@@ -245,9 +246,12 @@ def test_two_caps_walk_keeps_what_a_per_cap_count_would_drop():
     candidates = candidates_frame({1: [0, 1, 2, 3]})
     cfg = FiltersConfig(purchase=PurchaseFilterConfig(enabled=False),
                         diversity=DiversityConfig(max_per_category=2, max_per_brand=1))
-    got, removed = apply_filters(candidates, train_data(events, items), cfg, budget=10)
+    got, removed = apply_filters(candidates, train_data(events, items), cfg, budget=3)
     assert as_lists(got) == {1: [0, 2, 3]}
     assert removed["diversity"] == 1
+    got, removed = apply_filters(candidates, train_data(events, items), cfg, budget=10)
+    assert as_lists(got) == {1: [0, 2, 3, 1]}  # room left: the over-cap candidate comes last
+    assert removed["diversity"] == 0
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -340,7 +344,8 @@ def test_estimated_periods_on_a_planted_log():
 
 
 def test_diversity_backfills_from_the_reserve():
-    """The first ten candidates share one category; with a cap of 2 the reserve fills the budget."""
+    """The first ten candidates share one category; with a cap of 2 the reserve fills the budget,
+    and where the reserve runs out of other categories the best over-cap candidates fill it."""
     items = items_frame([i // 5 for i in range(40)], [f"b{i % 7}" for i in range(40)])
     events = events_frame([(9, 0, "click", T0)])
     candidates = candidates_frame({1: list(range(40)), 2: list(range(12))})
@@ -350,8 +355,8 @@ def test_diversity_backfills_from_the_reserve():
     per_user = as_lists(got)
     assert per_user[1] == [0, 1, 5, 6, 10, 11, 15, 16, 20, 21]
     assert got.filter(pl.col("user_id") == 1)["rank"].to_list() == list(range(1, 11))
-    assert per_user[2] == [0, 1, 5, 6, 10, 11]  # not enough candidates: fewer than the budget
-    assert removed == {"purchase": 0, "blacklist": 0, "diversity": 24 + 6, "budget": 6}
+    assert per_user[2] == [0, 1, 5, 6, 10, 11, 2, 3, 4, 7]  # six within the caps, then the best over them
+    assert removed == {"purchase": 0, "blacklist": 0, "diversity": 24 + 2, "budget": 6}
 
 
 def test_output_keeps_columns_types_and_order():
@@ -469,15 +474,11 @@ def test_filter_properties(case, tmp_path):
     data = train_data(events, items, now=now)
     got, removed = apply_filters(candidates, data, cfg, budget)
 
-    # A subset of the input (all but the rank), at most the budget per user, ranks 1..n in input order.
+    # A subset of the input (all but the rank), at most the budget per user, ranks 1..n.
     incoming = candidates.rename({"rank": "old_rank"})
     joined = got.join(incoming, on=["user_id", "item_id"], how="left")
     assert joined["old_rank"].null_count() == 0 and joined.height == got.height
     assert joined.select((pl.col("score") == pl.col("score_right")).all()).item()
-    for user, ranks, old in joined.sort("user_id", "rank").group_by("user_id", maintain_order=True).agg(
-            "rank", "old_rank").iter_rows():
-        assert len(ranks) <= budget and ranks == list(range(1, len(ranks) + 1))
-        assert old == sorted(old)
     assert sum(removed.values()) == candidates.height - got.height
     assert all(v >= 0 for v in removed.values())
 
@@ -489,14 +490,25 @@ def test_filter_properties(case, tmp_path):
         assert not any(blocked(u, i) for u, i in pairs)
     if cfg.blacklist.enabled:
         assert not any(i in bad_items or categories.get(i) in bad_cats for _, i in pairs)
-    if diversity.enabled:
-        for column, cap in ((categories, diversity.max_per_category), (brands, diversity.max_per_brand)):
-            if cap:
-                counts = defaultdict(int)
-                for u, i in pairs:
-                    if column.get(i) is not None:
-                        counts[u, column[i]] += 1
-                assert max(counts.values(), default=0) <= cap
+    for user, ranks, old, listed in joined.sort("user_id", "rank").group_by("user_id", maintain_order=True).agg(
+            "rank", "old_rank", "item_id").iter_rows():
+        assert len(ranks) <= budget and ranks == list(range(1, len(ranks) + 1))
+        # Each list is the rows within the caps, then the over-cap rows, each part in input order.
+        over = [False] * len(listed)
+        if diversity.enabled:
+            counts = defaultdict(int)
+            for position, item in enumerate(listed):
+                keys = [(name, column[item]) for name, column, cap in (("c", categories, diversity.max_per_category),
+                                                                       ("b", brands, diversity.max_per_brand))
+                        if cap and column.get(item) is not None]
+                caps = {"c": diversity.max_per_category, "b": diversity.max_per_brand}
+                over[position] = any(counts[key] >= caps[key[0]] for key in keys)
+                if not over[position]:
+                    for key in keys:
+                        counts[key] += 1
+        assert over == sorted(over)
+        within, beyond = [o for o, f in zip(old, over) if not f], [o for o, f in zip(old, over) if f]
+        assert within == sorted(within) and beyond == sorted(beyond)
     # And the whole table is the oracle's.
     expected, expected_removed = oracle_apply(candidates, events, items, cfg, budget, now,
                                               blacklist=(bad_items, bad_cats))

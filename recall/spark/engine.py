@@ -359,6 +359,9 @@ def _merge_and_filter(cfg, data, channels: dict, writer: TableWriter):
     """
     from pyspark import StorageLevel
 
+    from pyspark.sql import functions as F
+
+    from recall.filters import DEMOTED
     from recall.spark.filters import apply_filters
     from recall.spark.merge import merge_channels
 
@@ -372,10 +375,13 @@ def _merge_and_filter(cfg, data, channels: dict, writer: TableWriter):
     stages = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in stages.items()}
     final = writer.write("candidates.parquet", filtered)
     removed, before = {}, merged.count()
-    for name in ("purchase", "blacklist", "diversity"):
+    for name in ("purchase", "blacklist"):
         after = stages[name].count() if name in stages else before
         removed[name], before = before - after, after
-    removed["budget"] = before - writer.rows["candidates.parquet"]
+    # Over-cap rows are demoted, not dropped: the diversity cap removed those the budget cut.
+    beyond = stages["ranked"].filter(F.col(S.RANK) > cfg.candidates_per_user)
+    removed["diversity"] = beyond.filter(F.col(DEMOTED)).count()
+    removed["budget"] = before - writer.rows["candidates.parquet"] - removed["diversity"]
     for frame in (merged, *stages.values()):
         frame.unpersist()
     return final, removed

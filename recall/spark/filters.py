@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from recall import schema as S
 from recall.errors import RecallError
 from recall.sections import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
-from recall.filters import DAY, FILTERS, KEY, diversity_caps
+from recall.filters import DAY, DEMOTED, FILTERS, KEY, diversity_caps
 from recall.spark.data import SparkData
 
 log = logging.getLogger("recall")
@@ -128,8 +128,9 @@ def blacklist_filter(frame: DataFrame, data: SparkData, cfg: BlacklistConfig) ->
 
 
 def diversity_filter(frame: DataFrame, data: SparkData, cfg: DiversityConfig) -> DataFrame:
-    """Walking each list best rank first, keep a row when fewer than the cap kept rows precede it
-    in its category and in its brand (unknown values uncapped).
+    """Walking each list best rank first, a row is within the caps when fewer than the cap rows
+    within the caps precede it in its category and in its brand (unknown values uncapped);
+    the others are marked ``DEMOTED`` (ranked below every row within the caps by the budget cut).
 
     The greedy walk is computed as in :func:`recall.filters._diversity_filter`, by rounds:
     every round recounts, for all rows at once, the kept rows above each row in its
@@ -163,7 +164,7 @@ def diversity_filter(frame: DataFrame, data: SparkData, cfg: DiversityConfig) ->
         work = following.drop("_kept").withColumnRenamed("_next", "_kept")
         if changed == 0:
             break
-    return work.filter("_kept").select(*columns)
+    return work.withColumn(DEMOTED, ~F.col("_kept")).select(*columns, DEMOTED)
 
 
 def apply_filters(candidates: DataFrame, data: SparkData, cfg: FiltersConfig, budget: int
@@ -172,7 +173,9 @@ def apply_filters(candidates: DataFrame, data: SparkData, cfg: FiltersConfig, bu
 
     Returns the filtered table (ranks 1..n per user, at most ``budget`` rows per
     user) and, per step name, the frame after that step (so the caller can count
-    removals with actions of its choosing).
+    removals with actions of its choosing; the diversity step's frame keeps every
+    row, the over-cap ones marked ``DEMOTED``, and ``"ranked"`` is every survivor
+    with its final rank before the budget cut).
     """
     if budget < 1:
         raise RecallError(f"the candidate budget must be at least 1 (got {budget}); set candidates_per_user")
@@ -183,10 +186,13 @@ def apply_filters(candidates: DataFrame, data: SparkData, cfg: FiltersConfig, bu
         if section.enabled:
             frame = run(frame, data, section)
             stages[name] = frame
-    order = Window.partitionBy(S.USER).orderBy(S.RANK, S.ITEM)
-    result = (frame.withColumn(S.RANK, F.row_number().over(order).cast("int"))
-              .filter(F.col(S.RANK) <= budget))
-    return result, stages
+    columns = [c for c in frame.columns if c != DEMOTED]
+    if DEMOTED not in frame.columns:
+        frame = frame.withColumn(DEMOTED, F.lit(False))
+    order = Window.partitionBy(S.USER).orderBy(DEMOTED, S.RANK, S.ITEM)
+    ranked = frame.withColumn(S.RANK, F.row_number().over(order).cast("int"))
+    stages["ranked"] = ranked
+    return ranked.filter(F.col(S.RANK) <= budget).select(*columns), stages
 
 
 __all__ = ["apply_filters", "blacklist_filter", "diversity_filter", "estimated_periods", "purchase_blocks",
