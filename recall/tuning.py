@@ -603,8 +603,10 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
         tuned = {n: fixed.get(n, found.quotas.get(n, 0)) for n in names}
         # Greedy steps can miss a corner: if one free channel given the whole budget scores
         # better, that allocation stands (the fixed channels keep their slots).
-        corners = {n: {**{m: 0 for m in free}, n: caps.get(n, budget - sum(fixed.values())), **fixed}
-                   for n in free if settings.min_quota == 0}
+        # (A channel capped below the free budget has no such corner: it would leave slots unassigned.)
+        free_budget = budget - sum(fixed.values())
+        corners = {n: {**{m: 0 for m in free}, n: free_budget, **fixed}
+                   for n in free if settings.min_quota == 0 and caps.get(n, free_budget) >= free_budget}
         best_corner = max(corners, key=lambda n: score(corners[n]), default=None)
         if best_corner is not None and score(corners[best_corner]) > score(tuned) + TOLERANCE:
             tuned = {n: corners[best_corner].get(n, 0) for n in names}
