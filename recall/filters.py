@@ -31,7 +31,12 @@ each on what the previous one left:
    over-cap candidates (a user whose interest recall is all in two categories would
    otherwise get 80 candidates under a cap of 40).
 
-Then each user keeps the ``budget`` best-ranked survivors, re-ranked 1..n. The
+Then each user keeps the ``budget`` best-ranked survivors, re-ranked 1..n. A user
+left short of the budget whose merged list was cut at ``budget + reserve`` (more
+candidates exist) is merged again to the full depth of their candidates and
+filtered again (:func:`filter_with_refill`): the reserve is sized for typical users,
+and a user whose candidates sit mostly in categories they just bought (interest
+recall does that) would otherwise get a short list. Only those few users pay. The
 greedy walk of step 3 is computed without a loop over users: every round recounts,
 for all rows at once, the kept predecessors in each row's category and brand
 (window cumulative sums) and re-decides. A row's decision depends only on rows above
@@ -303,6 +308,31 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
 
 
 # --------------------------------------------------------------------------- all together
+
+def filter_with_refill(merge, data: TrainData, cfg: FiltersConfig, budget: int,
+                       blocks: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """:func:`apply_filters` on ``merge(budget + reserve, None)``, then the short lists refilled.
+
+    ``merge(depth, users)`` gives the merged candidates of ``users`` (None: all) with
+    at most ``depth`` rows per user (None: every candidate). Returns the filtered
+    table, the first merge, and the rows each step removed, counted on each user's
+    final input (the deeper merge for a refilled user).
+    """
+    depth = budget + cfg.reserve
+    if blocks is None and cfg.purchase.enabled:
+        blocks = purchase_blocks(data, cfg.purchase)  # once, for every pass below
+    merged = merge(depth, None)
+    filtered, removed = apply_filters(merged, data, cfg, budget, blocks)
+    given = merged.group_by(S.USER).len().join(filtered.group_by(S.USER).len(), on=S.USER, how="left")
+    short = given.filter((pl.col("len") >= depth) & (pl.col("len_right").fill_null(0) < budget)).select(S.USER)
+    if short.height == 0:
+        return filtered, merged, removed
+    _, first = apply_filters(merged.join(short, on=S.USER, how="semi"), data, cfg, budget, blocks)
+    refilled, again = apply_filters(merge(None, short[S.USER]), data, cfg, budget, blocks)
+    log.debug("filters: %d short lists merged again to full depth", short.height)
+    filtered = pl.concat([filtered.join(short, on=S.USER, how="anti"), refilled]).sort(S.USER, S.RANK)
+    return filtered, merged, {k: removed[k] - first[k] + again[k] for k in removed}
+
 
 def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
                   budget: int, blocks: pl.DataFrame | None = None) -> tuple[pl.DataFrame, dict[str, int]]:

@@ -32,7 +32,7 @@ from recall.channels import get_channel
 from recall.config import Config
 from recall.context import TrainData
 from recall.errors import RecallError
-from recall.filters import apply_filters, purchase_blocks
+from recall.filters import filter_with_refill, purchase_blocks
 from recall.interface import Channel
 from recall.io import Dataset, check_id_types, load_dataset
 from recall.logs import event
@@ -136,11 +136,20 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
         quotas = cfg.quotas(segment)
         chosen = candidates if users is None else {n: f.join(users, on=S.USER, how="semi")
                                                    for n, f in candidates.items()}
-        parts.append(merge_channels(chosen, {n: quotas[n] for n in candidates}, budget + cfg.filters.reserve,
-                                    strict=strict, backfill=cfg.merge.backfill))
-    merged = parts[0] if len(parts) == 1 else pl.concat(parts).sort(S.USER, S.RANK)
+        parts.append((chosen, {n: quotas[n] for n in candidates}))
+
+    def merge(depth: int | None, users: pl.Series | None) -> pl.DataFrame:
+        """The segments' merges, ``depth`` rows per user (None: all of their candidates)."""
+        merged = []
+        for chosen, quotas in parts:
+            if users is not None:
+                chosen = {n: f.join(users.to_frame(S.USER), on=S.USER, how="semi") for n, f in chosen.items()}
+            merged.append(merge_channels(chosen, quotas, depth or sum(f.height for f in chosen.values()),
+                                         strict=strict, backfill=cfg.merge.backfill))
+        return merged[0] if len(merged) == 1 else pl.concat(merged).sort(S.USER, S.RANK)
+
     fault_point("merge")
-    filtered, removed = apply_filters(merged, train, cfg.filters, budget, blocks)
+    filtered, merged, removed = filter_with_refill(merge, train, cfg.filters, budget, blocks)
     return filtered, merged.filter(pl.col(S.RANK) <= budget), removed
 
 

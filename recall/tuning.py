@@ -14,7 +14,7 @@ merge and mechanism filters of :func:`recall.pipeline.merge_outputs` followed by
 evaluation's metric@K on the validation targets. The merge is evaluated by
 :class:`QuotaMerger`, a faithful, cheaper evaluation of the same merge (the
 quota-independent work done once; a test checks it equals ``merge_outputs`` row for
-row), then the real :func:`recall.filters.apply_filters`. Only the validation users'
+row), then the real :func:`recall.filters.filter_with_refill`. Only the validation users'
 candidate rows are merged: the merge and every filter work user by user, so this
 restriction changes no number. Cost: about ``budget / step x channels`` merges of the
 validation users for the greedy pass, plus ``channels x (channels - 1)`` per
@@ -56,7 +56,7 @@ from recall.sections import TuneConfig
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluation import evaluation_targets, metrics, split_data
-from recall.filters import apply_filters
+from recall.filters import filter_with_refill
 from recall.merge import slot_positions
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, no_progress
@@ -274,7 +274,8 @@ class QuotaMerger:
     name), a capped channel (strict, or no back-fill) has no position beyond its
     quota, a zero quota none at all; each user's pairs are ordered by (position,
     channel, item) and the first ``budget + reserve`` kept; then the real
-    :func:`recall.filters.apply_filters` cuts to the budget. A test checks the
+    :func:`recall.filters.filter_with_refill` cuts to the budget (merging a short
+    list again to full depth). A test checks the
     output equals :func:`recall.pipeline.merge_outputs` row for row.
     """
 
@@ -295,20 +296,25 @@ class QuotaMerger:
         self.ranks[located["pair"].to_numpy(), located["ch"].to_numpy()] = located[S.RANK].to_numpy()
         self.strict = np.array([cfg.channels[n].strict or not cfg.merge.backfill for n in self.names])
 
-    def merged(self, quotas: Quotas) -> pl.DataFrame:
-        """``user_id, item_id, score, rank, source`` with ``budget + reserve`` rows per user at most."""
+    def merged(self, quotas: Quotas, depth: int | None, users: pl.Series | None = None) -> pl.DataFrame:
+        """``user_id, item_id, score, rank, source`` of ``users`` (None: all), ``depth`` rows per user at
+        most (None: all)."""
         # The merge's own rule (recall.merge.slot_positions), column by column.
         positions = np.column_stack([slot_positions(self.ranks[:, i], quotas.get(n, 0), bool(self.strict[i]))
                                      for i, n in enumerate(self.names)]) if self.names else self.ranks
         source = np.argmin(positions, axis=1)  # the first minimum: the channel first by name
         best = positions[np.arange(len(source)), source]
-        keep = np.flatnonzero(np.isfinite(best))
+        keep = np.isfinite(best)
+        if users is not None:
+            keep &= self.user_ids.is_in(users.implode()).to_numpy()
+        keep = np.flatnonzero(keep)
         order = keep[np.lexsort((self.item_code[keep], source[keep], best[keep], self.user_code[keep]))]
         users = self.user_code[order]
         starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
-        within = rank <= self.cfg.candidates_per_user + self.cfg.filters.reserve
-        order, rank = order[within], rank[within]
+        if depth is not None:
+            within = rank <= depth
+            order, rank = order[within], rank[within]
         return pl.DataFrame({
             S.USER: self.user_ids.gather(order), S.ITEM: self.item_ids.gather(order),
             S.SCORE: 1.0 / best[order], S.RANK: rank.astype(np.int32),
@@ -317,7 +323,8 @@ class QuotaMerger:
 
     def __call__(self, quotas: Quotas) -> pl.DataFrame:
         """The filtered merge cut to the budget, as ``merge_outputs(...)[0]`` (without ``channels``)."""
-        return apply_filters(self.merged(quotas), self.train, self.cfg.filters, self.cfg.candidates_per_user)[0]
+        return filter_with_refill(lambda depth, users: self.merged(quotas, depth, users), self.train,
+                                  self.cfg.filters, self.cfg.candidates_per_user)[0]
 
 
 def quota_scorer(cfg: Config, validations: Sequence[Validation], metric: str, k: int) -> CachedScore:

@@ -513,3 +513,31 @@ def test_filter_properties(case, tmp_path):
     expected, expected_removed = oracle_apply(candidates, events, items, cfg, budget, now,
                                               blacklist=(bad_items, bad_cats))
     assert as_lists(got) == expected and removed == expected_removed
+
+
+def test_short_lists_are_merged_again_to_full_depth():
+    """User 1 just bought in category 0, where the first 10 of their 30 candidates are: the first
+    merge (budget 8 + reserve 4) leaves them 2 rows, so they are merged again to all 30 and get 8.
+    User 2 (no purchase) keeps the first merge; user 3 has only 11 candidates: short, nothing deeper."""
+    from recall.filters import filter_with_refill
+
+    items = items_frame([i // 10 for i in range(30)])
+    events = events_frame([(1, 0, "buy", T0), (2, 20, "click", T0), (3, 1, "buy", T0)])
+    lists = {1: list(range(30)), 2: list(range(30)), 3: list(range(11))}
+    asked = []
+
+    def merge(depth, users):
+        asked.append((depth, None if users is None else sorted(users.to_list())))
+        chosen = {u: its[:depth] for u, its in lists.items() if users is None or u in users.to_list()}
+        return candidates_frame(chosen)
+
+    cfg = FiltersConfig(purchase=PurchaseFilterConfig(estimate=False), reserve=4,
+                        diversity=DiversityConfig(enabled=False))
+    got, merged, removed = filter_with_refill(merge, train_data(events, items, now=T0 + DAY), cfg, budget=8)
+    assert as_lists(got) == {1: list(range(10, 18)), 2: list(range(8)), 3: [10]}
+    assert asked == [(12, None), (None, [1])]
+    assert merged.height == 12 + 12 + 11  # the first merge, as the ranker's unfiltered view
+    # Counted on each user's final input: user 1's 30 rows (10 bought, 12 beyond the budget), user 2's 12
+    # (4 beyond), user 3's 11 (10 bought: it also bought in category 0).
+    assert removed == {"purchase": 20, "blacklist": 0, "diversity": 0, "budget": 16}
+    assert sum(removed.values()) == 30 + 12 + 11 - got.height

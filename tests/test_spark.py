@@ -178,6 +178,19 @@ def test_random_log_with_ties_parity(spark, tmp_path):
     assert candidates.group_by("user_id").len()["len"].max() == 8
 
 
+def test_short_lists_are_refilled_alike(spark, tmp_path):
+    """Without a reserve, a user whose merged list loses rows to the purchase filter is short unless
+    merged again to full depth (recall.filters.filter_with_refill): both engines do it, alike."""
+    if "item2vec" not in CHANNELS:
+        pytest.skip("the item2vec channel is not registered")
+    local, distributed = both_engines(spark, tie_dataset(4), tmp_path, [*TIES, "filters.reserve=0"],
+                                      keep=("item2vec",))
+    assert_same_runs(Path(local["published"]), Path(distributed["published"]))
+    removed = json.loads((Path(local["published"]) / "manifest.json").read_text())["filters_removed"]
+    # With no reserve nothing lies beyond the budget unless short lists were merged again deeper.
+    assert removed["purchase"] > 0 and removed["budget"] > 0
+
+
 SWING_CASES = [  # (params, log seed): plain, unnormalised with an overlap-free alpha, a tight user range
     ({}, 1),
     ({"normalize": False, "alpha": 0.0, "user_beta": 0.0, "top_k": 3}, 2),

@@ -355,36 +355,68 @@ class SparkEngine:
 def _merge_and_filter(cfg, data, channels: dict, writer: TableWriter):
     """Merge the channels' candidates under quotas, apply the filters, write ``candidates.parquet``.
 
+    As :func:`recall.filters.filter_with_refill`: a user left short of the budget whose
+    merge was cut at ``budget + reserve`` is merged again to full depth and filtered again.
     Returns the written table and how many rows each filter (and the budget cut) removed.
     """
     from pyspark import StorageLevel
-
     from pyspark.sql import functions as F
 
-    from recall.filters import DEMOTED
     from recall.spark.filters import apply_filters
     from recall.spark.merge import merge_channels
 
     quotas = cfg.quotas()
     strict = {name for name in channels if cfg.channels[name].strict}
-    merged = merge_channels(channels, {k: quotas[k] for k in channels},
-                            cfg.candidates_per_user + cfg.filters.reserve,
-                            strict=strict, backfill=cfg.merge.backfill)
-    merged = merged.persist(StorageLevel.MEMORY_AND_DISK)
-    filtered, stages = apply_filters(merged, data, cfg.filters, cfg.candidates_per_user)
-    stages = {k: v.persist(StorageLevel.MEMORY_AND_DISK) for k, v in stages.items()}
+    budget = cfg.candidates_per_user
+    depth = budget + cfg.filters.reserve
+
+    def merge(frames: dict, rows: int):
+        return merge_channels(frames, {k: quotas[k] for k in frames}, rows, strict=strict,
+                              backfill=cfg.merge.backfill).persist(StorageLevel.MEMORY_AND_DISK)
+
+    merged = merge(channels, depth)
+    persisted = [merged]
+    filtered, stages = apply_filters(merged, data, cfg.filters, budget)
+    persisted += [v.persist(StorageLevel.MEMORY_AND_DISK) for v in stages.values()]
+    given = merged.groupBy(S.USER).count().withColumnRenamed("count", "_given")
+    kept = filtered.groupBy(S.USER).count().withColumnRenamed("count", "_kept")
+    short = (given.join(kept, S.USER, "left").filter((F.col("_given") >= depth)
+                                                      & (F.coalesce(F.col("_kept"), F.lit(0)) < budget))
+             .select(S.USER).persist(StorageLevel.MEMORY_AND_DISK))
+    persisted.append(short)
+    removed = _removed(merged, stages, budget)
+    if short.count():
+        first = merged.join(F.broadcast(short), S.USER, "left_semi")
+        _, first_stages = apply_filters(first, data, cfg.filters, budget)
+        deeper_frames = {n: f.join(F.broadcast(short), S.USER, "left_semi") for n, f in channels.items()}
+        every = sum(f.agg(F.max(S.RANK)).first()[0] or 0 for f in deeper_frames.values())  # all their candidates
+        deeper = merge(deeper_frames, max(depth, every))
+        persisted.append(deeper)
+        refilled, again_stages = apply_filters(deeper, data, cfg.filters, budget)
+        before, again = _removed(first, first_stages, budget), _removed(deeper, again_stages, budget)
+        removed = {k: removed[k] - before[k] + again[k] for k in removed}
+        filtered = filtered.join(F.broadcast(short), S.USER, "left_anti").unionByName(refilled)
     final = writer.write("candidates.parquet", filtered)
+    for frame in persisted:
+        frame.unpersist()
+    return final, removed
+
+
+def _removed(merged, stages: dict, budget: int) -> dict[str, int]:
+    """Rows each filter step removed from ``merged`` (its :func:`apply_filters` stages); the over-cap
+    rows demoted beyond the budget count as the diversity cap's, the other rows beyond it as the budget's."""
+    from pyspark.sql import functions as F
+
+    from recall.filters import DEMOTED
+
     removed, before = {}, merged.count()
     for name in ("purchase", "blacklist"):
         after = stages[name].count() if name in stages else before
         removed[name], before = before - after, after
-    # Over-cap rows are demoted, not dropped: the diversity cap removed those the budget cut.
-    beyond = stages["ranked"].filter(F.col(S.RANK) > cfg.candidates_per_user)
+    beyond = stages["ranked"].filter(F.col(S.RANK) > budget)
     removed["diversity"] = beyond.filter(F.col(DEMOTED)).count()
-    removed["budget"] = before - writer.rows["candidates.parquet"] - removed["diversity"]
-    for frame in (merged, *stages.values()):
-        frame.unpersist()
-    return final, removed
+    removed["budget"] = beyond.count() - removed["diversity"]
+    return removed
 
 
 def _local_train(cfg):
