@@ -15,7 +15,7 @@ from recall import schema as S
 from recall.channels import CHANNELS
 from recall.channels.eges import (EGES, GES, EGESParams, GESParams, centre_contexts, compact, draw_negatives,
                                   final_vectors, keep_probability, side_info, train)
-from recall.channels.eges_train import LazyAdam, step
+from recall.channels.eges_train import EGESOptimiser, LazyAdam, step
 from tests import eges_reference as reference
 from tests.eges_reference import build_model, sparse_adam, window_pairs
 from recall.context import TrainData
@@ -331,10 +331,10 @@ def test_hand_written_gradients_equal_autograd(attention):
     centres = torch.tensor([0, 3, 5, 3, 1])
     contexts = torch.tensor([[1, 2, 6], [2, 6, 6], [4, 0, 1], [5, 5, 6], [0, 6, 6]])  # 6: no context
     n_pairs = (contexts != 6).sum(1).double()
-    negatives = torch.tensor([[2, 4, 1, 0], [5, 5, 3, 2], [0, 1, 2, 3]])  # chunks of 2 centres, 4 shared
+    negatives = torch.tensor([2, 4, 1, 0, 5, 5])  # shared by every centre of the batch (a repeat included)
     capture = _Capture()
     loss, pairs = step(values, context, logits, tokens, within, column_field, onehot, centres, contexts, n_pairs,
-                       negatives, 3, 2, capture, 0.1)
+                       negatives, 3, capture, 1.0)
     assert pairs == 9
     # The same loss with autograd.
     leaves = [values.clone().requires_grad_(), context.clone().requires_grad_()]
@@ -346,18 +346,43 @@ def test_hand_written_gradients_equal_autograd(attention):
     h = ((alpha[:, column_field] * within[centres]).unsqueeze(2) * leaves[0][tokens[centres]]).sum(1)
     mask = contexts != 6
     pos = (leaves[1][contexts] * h.unsqueeze(1)).sum(2)
-    hn = torch.cat([h, torch.zeros(1, 8, dtype=torch.float64)]).view(3, 2, 8)
-    neg = torch.bmm(hn, leaves[1][negatives].transpose(1, 2))
-    weight = torch.cat([n_pairs * 3 / 4, torch.zeros(1, dtype=torch.float64)]).view(3, 2, 1)
+    neg = h @ leaves[1][negatives].T
+    weight = (n_pairs * 3 / 6).unsqueeze(1)
     total = -(torch.nn.functional.logsigmoid(pos) * mask).sum() - (torch.nn.functional.logsigmoid(-neg) * weight).sum()
     assert loss == pytest.approx(total.detach().item(), rel=1e-6)
-    (total / pairs).backward()
+    total.backward()
     for leaf, (rows, grads) in zip(leaves, capture.grads):
         dense = torch.zeros_like(leaf).index_add_(0, rows, grads)
         expected = leaf.grad.clone()
         for row in ([side.pad] if leaf is leaves[0] else [-1] if leaf is leaves[1] else []):
             dense[row] = expected[row] = 0  # padding rows: never updated
         torch.testing.assert_close(dense, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_optimiser_is_lazy_adam_on_the_inputs_and_sgd_on_the_context():
+    """Value rows and logits follow SparseAdam; context rows move by -lr x (summed) gradient; pads stay."""
+    gen = torch.Generator().manual_seed(5)
+    values, context, logits = torch.randn(6, 4, generator=gen), torch.randn(5, 4, generator=gen), torch.randn(4, 3)
+    adam_values = torch.nn.Parameter(values.clone())
+    adam_logits = torch.nn.Parameter(logits.clone())
+    reference = torch.optim.SparseAdam([adam_values, adam_logits], lr=0.04 * 0.5)
+    context_before = context.clone()
+    optimiser = EGESOptimiser(values, context, logits, pad=5, learning_rate=0.04, context_learning_rate=0.1)
+    value_rows, value_grads = torch.tensor([0, 2, 2, 5]), torch.randn(4, 4, generator=gen)
+    context_rows, context_grads = torch.tensor([1, 1, 3]), torch.randn(3, 4, generator=gen)
+    logit_rows, logit_grads = torch.tensor([0, 3]), torch.randn(2, 3, generator=gen)
+    optimiser.step([(value_rows, value_grads), (context_rows, context_grads), (logit_rows, logit_grads)], 0.5)
+    keep = value_rows != 5
+    adam_values.grad = torch.sparse_coo_tensor(value_rows[keep].unsqueeze(0), value_grads[keep], (6, 4))
+    adam_logits.grad = torch.sparse_coo_tensor(logit_rows.unsqueeze(0), logit_grads, (4, 3))
+    reference.step()
+    torch.testing.assert_close(values, adam_values.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, adam_logits.detach(), rtol=1e-5, atol=1e-6)
+    expected = context_before.clone()
+    expected[1] -= 0.05 * (context_grads[0] + context_grads[1])
+    expected[3] -= 0.05 * context_grads[2]
+    expected[-1] = 0.0
+    torch.testing.assert_close(context, expected)
 
 
 def test_lazy_adam_equals_torch_sparse_adam():

@@ -57,12 +57,12 @@ With the same graph and walk settings and seed, EGES walks are exactly the
 Implementation (:mod:`recall.channels.eges_train`): PyTorch on CPU with
 hand-written gradients, no autograd. A batch is a set of centre positions of
 the walks with all their contexts, so ``H_v`` is computed once per centre for
-all its pairs; every ``negative_chunk`` centres share ``shared_negatives``
-negatives, weighted so the expected loss is that of ``negative`` negatives per
-pair, and their scores are one batched matmul; the value, context and attention
-tables are updated by a lazy Adam on the touched rows (SparseAdam's update); a
-producer thread cuts, down-samples and windows the walks with numpy while torch
-trains. The autograd trainer it replaced is kept as the tests' oracle
+all its pairs; the centres of a batch share ``shared_negatives`` negatives,
+weighted so the expected loss is that of ``negative`` negatives per pair, and
+their scores are one matmul; the value and attention tables are updated by a
+lazy Adam on the touched rows (SparseAdam's update), the context table by
+word2vec's SGD step; a producer thread cuts, down-samples and windows the walks
+with numpy while torch trains. The autograd trainer it replaced is kept as the tests' oracle
 (``tests/eges_reference.py``). Training is reproducible under a seed with
 ``workers = 1`` (more torch threads sum in a different order).
 
@@ -99,25 +99,25 @@ ID_FIELD = "item_id"
 class EGESParams(DeepWalkParams):
     """EGES settings: the session graph and DeepWalk walks, skip-gram, side information, faiss."""
 
-    # 3 epochs of 4096-pair batches at 0.04 match 5 epochs of 2048 at 0.02 on ml-100k
-    # (Recall@200 0.144 vs 0.140) in half the time; fewer epochs without the larger
-    # step fall short (2 epochs: 0.095-0.123). See BENCHMARKS.md.
-    epochs: int = Field(3, ge=1, description="passes over the walks")
-    learning_rate: float = Field(0.04, gt=0, description="initial SparseAdam learning rate, decayed linearly "
-                                                          "to min_learning_rate")
-    min_learning_rate: float = Field(1e-4, gt=0, description="final SparseAdam learning rate")
+    # Adam on the input side and SGD on the context table need 5 epochs for the loss that Adam on
+    # every table reached in 3, at about a third of the cost per pair (BENCHMARKS.md, issue 15).
+    epochs: int = Field(5, ge=1, description="passes over the walks")
+    learning_rate: float = Field(0.04, gt=0, description="initial Adam learning rate of the ID and side-value "
+                                                          "embeddings and the attention, decayed linearly to "
+                                                          "min_learning_rate")
+    context_learning_rate: float = Field(0.1, gt=0, description="initial SGD step of the context table "
+                                                                 "(word2vec's output layer), decayed in proportion")
+    min_learning_rate: float = Field(1e-4, gt=0, description="final Adam learning rate")
     workers: int = Field(1, ge=1, description="torch CPU threads (torch.set_num_threads); only 1 is "
                                               "bit-reproducible (parallel sums round differently)")
     attention: bool = Field(True, description="learn per-item attention over the fields (EGES); false: equal "
                                               "fixed weights (GES)")
     batch_size: int = Field(4096, ge=1, description="pairs per optimiser step, about (smaller: more updates, "
                                                     "slower)")
-    # 256 shared by 8 centres: on ml-100k walks the epoch loss is within 0.03 of the per-pair
-    # autograd trainer's (50 by 32: 0.12 above it); Adam moves each touched row by about the
-    # learning rate, so fewer distinct negatives per step learn the context table slower.
-    shared_negatives: int = Field(256, ge=1, description="negatives shared by a chunk of centres (each weighs "
+    # 256 shared by the ~800 centres of a 4096-pair batch: one matmul; 1024 learns a little faster
+    # per pair (epoch-1 loss 2.27 vs 2.61) at half the speed (BENCHMARKS.md, issue 15).
+    shared_negatives: int = Field(256, ge=1, description="negatives shared by the centres of a batch (each weighs "
                                                          "negative / shared_negatives per pair)")
-    negative_chunk: int = Field(8, ge=1, description="centres sharing one set of negatives")
     shrink_window: bool = Field(True, description="draw each centre's window from 1..window, as word2vec "
                                                   "(fewer pairs, near contexts weigh more)")
     walk_block: int = Field(20_000, ge=1, description="walks whose pairs are generated at once (memory: "

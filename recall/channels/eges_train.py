@@ -10,10 +10,10 @@ each with its up to ``2 window`` contexts (word2vec's shrunk window,
 ``1 .. window`` per centre). ``H_v`` is computed once per centre and serves all
 its pairs, as in word2vec, instead of once per pair.
 
-**Shared negatives, as a matmul.** Every ``negative_chunk`` centres share one set
-of ``shared_negatives`` negatives drawn from ``count^ns_exponent``; the scores are
-one batched matrix product. A centre with ``n`` pairs weighs each shared
-negative ``n K / S`` (K = ``negative``, S = ``shared_negatives``), so the
+**Shared negatives, as one matmul.** All centres of a batch share one set of
+``shared_negatives`` negatives drawn from ``count^ns_exponent``; their scores are
+one matrix product (centres x negatives). A centre with ``n`` pairs weighs each
+shared negative ``n K / S`` (K = ``negative``, S = ``shared_negatives``), so the
 expected loss and gradient equal those of K independent negatives per pair;
 only their variance differs (smaller: S > K distinct negatives per centre).
 
@@ -22,10 +22,17 @@ pass (``sigma(s) - 1`` for positives, ``sigma(s)`` for negatives; the chain rule
 through the attention softmax in closed form), so a step is some 30 tensor
 operations and nothing is recorded for autograd.
 
-**Lazy Adam on the touched rows.** Each table's gradient rows are summed per
-distinct row (``torch.unique`` on the batch's indices, one ``index_add_``) and only
-those rows' moments are updated: the update of ``torch.optim.SparseAdam``
-(bias correction by the global step), in dense row arithmetic.
+**Adam on the input side, word2vec's SGD on the context table.** The ID and
+side-value embeddings and the attention logits (the EGES part: a category row
+sums the gradients of every centre of that category in a batch) take a lazy
+Adam on the touched rows: gradients summed per distinct row (``torch.unique``,
+one ``index_add_``), then ``torch.optim.SparseAdam``'s update of those rows. The
+context table, which a batch touches ten times more often (every context and
+every shared negative), takes word2vec's plain SGD step, one ``index_add_``
+with duplicates summed. On the walks of the 5M-event benchmark log this is
+about 3x the pairs per second of Adam on every table, and 5 epochs reach the
+loss Adam reached in 3 (BENCHMARKS.md, issue 15); plain SGD on the input side
+diverges at the step sizes that learn as fast (shared side rows).
 
 **A producer thread.** Walk blocks are down-sampled, windowed and turned into
 batches (centres, contexts, negatives) by numpy in a second thread while torch
@@ -187,9 +194,8 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
     within = torch.from_numpy(side.within)
     column_field = torch.from_numpy(side.column_field)
     field_onehot = torch.nn.functional.one_hot(column_field, side.n_fields + 1).float()  # T x (F + 1)
-    optimiser = LazyAdam([values, context] + ([logits] if logits is not None else []),
-                         skip=[side.pad, n_items] + ([-1] if logits is not None else []))
-    shared, chunk, K = p.shared_negatives, p.negative_chunk, p.negative
+    optimiser = EGESOptimiser(values, context, logits, side.pad, p.learning_rate, p.context_learning_rate)
+    shared, K = p.shared_negatives, p.negative
     n_walks = walks.shape[0]
     threads = torch.get_num_threads()
     torch.set_num_threads(p.workers)
@@ -213,21 +219,18 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
                     shuffle = rng.permutation(centres.size)
                     centres, contexts = centres[shuffle], contexts[shuffle]
                     pairs_per_centre = (contexts >= 0).sum(axis=1)
-                    size = max(chunk, (p.batch_size // max(1, int(pairs_per_centre.mean()))) // chunk * chunk)
+                    size = max(1, p.batch_size // max(1, int(pairs_per_centre.mean())))
                     n_batches = -(-centres.size // size)
-                    negatives = draw_negatives(cdf, (n_batches * (-(-size // chunk)), shared), rng)
+                    negatives = draw_negatives(cdf, (n_batches, shared), rng)
                     contexts = np.where(contexts >= 0, contexts, n_items).astype(np.int64)
                     for b in range(n_batches):
                         if stop.is_set():
                             return
                         part = slice(b * size, (b + 1) * size)
-                        m = centres[part].size
-                        n_chunks = -(-m // chunk)
                         progress = (epoch * n_walks + lo + block.shape[0] * b / n_batches) / (p.epochs * n_walks)
-                        first = b * (-(-size // chunk))
                         batches.put((progress, torch.from_numpy(centres[part]), torch.from_numpy(contexts[part]),
                                      torch.from_numpy(pairs_per_centre[part].astype(np.float32)),
-                                     torch.from_numpy(negatives[first:first + n_chunks])))
+                                     torch.from_numpy(negatives[b])))
         finally:
             batches.put(None)
 
@@ -243,9 +246,9 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
                     losses.append(epoch_loss / epoch_pairs)
                     epoch_loss, epoch_pairs = 0.0, 0
                     epoch = int(progress * p.epochs)
-                lr = p.learning_rate + (p.min_learning_rate - p.learning_rate) * progress
+                decay = 1.0 + (p.min_learning_rate / p.learning_rate - 1.0) * progress
                 loss, pairs = step(values, context, logits, tokens, within, column_field, field_onehot,
-                                   centres, contexts, n_pairs, negatives, K, chunk, optimiser, lr)
+                                   centres, contexts, n_pairs, negatives, K, optimiser, decay)
                 epoch_loss += loss
                 epoch_pairs += pairs
                 total_pairs += pairs
@@ -263,13 +266,16 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
 
 
 def step(values, context, logits, tokens, within, column_field, field_onehot, centres, contexts, n_pairs,
-         negatives, K: int, chunk: int, optimiser: "LazyAdam", lr: float) -> tuple[float, int]:
-    """One optimiser step on a batch of centres; returns (summed loss, pairs)."""
+         negatives, K: int, optimiser, decay: float) -> tuple[float, int]:
+    """One optimiser step on a batch of centres sharing ``negatives`` (S,); returns (summed loss, pairs).
+
+    The gradients handed to ``optimiser.step`` are those of the summed loss of the
+    batch's pairs: ``[(value rows, grads), (context rows, grads), (centres, logit grads)]``.
+    """
     import torch
 
     b, dim = centres.shape[0], values.shape[1]
-    tok = tokens.index_select(0, centres)                   # b x T
-    flat_tok = tok.reshape(-1)
+    flat_tok = tokens.index_select(0, centres).reshape(-1)
     embedded = values.index_select(0, flat_tok).view(b, -1, dim)       # b x T x D
     centre_within = within.index_select(0, centres)
     if logits is not None:
@@ -281,36 +287,49 @@ def step(values, context, logits, tokens, within, column_field, field_onehot, ce
     h = (column_weights.unsqueeze(2) * embedded).sum(1)     # b x D
     flat_ctx = contexts.reshape(-1)
     z = context.index_select(0, flat_ctx).view(b, -1, dim)  # b x 2W x D
-    mask = (contexts != context.shape[0] - 1).float()
+    mask = (contexts != context.shape[0] - 1).to(h.dtype)
     pos = torch.sigmoid((z * h.unsqueeze(1)).sum(2))        # b x 2W
     pairs = int(n_pairs.sum())
-    # Negatives: chunks of `chunk` centres share one set; a centre's n pairs weigh each K n / S.
-    pad = -b % chunk
-    hc = torch.nn.functional.pad(h, (0, 0, 0, pad)).view(-1, chunk, dim)   # C x chunk x D
-    flat_neg = negatives.reshape(-1)
-    zn = context.index_select(0, flat_neg).view(negatives.shape[0], -1, dim)   # C x S x D
-    neg = torch.sigmoid(torch.bmm(hc, zn.transpose(1, 2)))  # C x chunk x S
-    weight = torch.nn.functional.pad(n_pairs * (K / negatives.shape[1]), (0, pad)).view(-1, chunk, 1)
+    zn = context.index_select(0, negatives)                 # S x D
+    neg = torch.sigmoid(h @ zn.T)                           # b x S
+    weight = (n_pairs * (K / negatives.shape[0])).unsqueeze(1)         # a centre's n pairs weigh each K n / S
     loss = float(-(torch.log(pos.clamp_min(1e-7)) * mask).sum()
                  - (torch.log1p(-neg.clamp_max(1 - 1e-7)) * weight).sum())
-    # dLoss/dscore, over the batch's pairs (the mean loss of a batch, as the autograd trainer).
-    scale = 1.0 / max(pairs, 1)
-    g_pos = (pos - 1.0).mul_(mask).mul_(scale)              # b x 2W
-    g_neg = neg.mul_(weight).mul_(scale)                    # C x chunk x S
-    d_h = (g_pos.unsqueeze(2) * z).sum(1)
-    d_h += torch.bmm(g_neg, zn).view(-1, dim)[:b]
+    g_pos = (pos - 1.0).mul_(mask)                          # dLoss/dscore: b x 2W
+    g_neg = neg.mul_(weight)                                # b x S
+    d_h = (g_pos.unsqueeze(2) * z).sum(1).addmm_(g_neg, zn)
     d_z = g_pos.unsqueeze(2) * h.unsqueeze(1)               # b x 2W x D
-    d_zn = torch.bmm(g_neg.transpose(1, 2), hc)             # C x S x D
+    d_zn = g_neg.T @ h                                      # S x D
     d_values = column_weights.unsqueeze(2) * d_h.unsqueeze(1)          # b x T x D
     grads = [(flat_tok, d_values.view(-1, dim)),
-             (torch.cat([flat_ctx, flat_neg]), torch.cat([d_z.view(-1, dim), d_zn.view(-1, dim)]))]
+             (torch.cat([flat_ctx, negatives]), torch.cat([d_z.view(-1, dim), d_zn]))]
     if logits is not None:
         d_columns = (embedded * d_h.unsqueeze(1)).sum(2).mul_(centre_within)   # b x T
         d_alpha = d_columns @ field_onehot                   # b x (F + 1)
-        d_logits = alpha * (d_alpha - (alpha * d_alpha).sum(1, keepdim=True))
-        grads.append((centres, d_logits))
-    optimiser.step(grads, lr)
+        grads.append((centres, alpha * (d_alpha - (alpha * d_alpha).sum(1, keepdim=True))))
+    optimiser.step(grads, decay)
     return loss, pairs
+
+
+class EGESOptimiser:
+    """Lazy Adam on the value table and attention logits, plain SGD on the context table.
+
+    ``step(grads, decay)`` takes the row gradients of :func:`step` and the
+    learning-rate factor of the schedule (1 at the start, ``min / initial`` at the
+    end); the padding value row and the "no context" row are never updated.
+    """
+
+    def __init__(self, values, context, logits, pad: int, learning_rate: float, context_learning_rate: float):
+        self.context = context
+        self.learning_rate, self.context_learning_rate = learning_rate, context_learning_rate
+        self.adam = LazyAdam([values] + ([logits] if logits is not None else []),
+                             skip=[pad] + ([-1] if logits is not None else []))
+
+    def step(self, grads, decay: float) -> None:
+        (value_rows, value_grads), (context_rows, context_grads), *attention = grads
+        self.adam.step([(value_rows, value_grads), *attention], self.learning_rate * decay)
+        self.context.index_add_(0, context_rows, context_grads, alpha=-self.context_learning_rate * decay)
+        self.context[-1] = 0.0  # the "no context" row (its gradients are masked to zero; kept exact)
 
 
 class LazyAdam:
@@ -380,5 +399,5 @@ def final_vectors(result: TrainResult, side: SideInfo, cold_weights: str
     return np.ascontiguousarray(vectors, dtype=np.float32), has_vector, weights
 
 
-__all__ = ["EGESTables", "LazyAdam", "TrainResult", "centre_contexts", "compact", "draw_negatives",
+__all__ = ["EGESOptimiser", "EGESTables", "LazyAdam", "TrainResult", "centre_contexts", "compact", "draw_negatives",
            "final_vectors", "keep_probability", "train"]
