@@ -207,9 +207,9 @@ def _filter_sections(p: Profile, ratings: bool) -> list[str]:
     buys = p.behaviors.get("buy", 0) > 0
     category, brand = "category_id" in p.item_columns, "brand_id" in p.item_columns
     capped = not ratings and (category or brand)
-    # The caps drop whatever a user's list holds beyond them in a category; measured on the
-    # Taobao log with interest recall, a 100-row reserve left 11% of users short of the budget,
-    # 300 left none (BENCHMARKS.md, issue 12).
+    # Over-cap candidates are demoted below the reserve; measured on the Taobao log with interest
+    # recall, when they were still dropped, a 100-row reserve left 11% of users short of the
+    # budget and 300 none (BENCHMARKS.md, issue 12): 300 keeps the caps holding for them.
     lines = (["", "[filters]", "reserve = 300                    # rows merged beyond the budget: the diversity "
               "caps' replacements"] if capped else [])
     lines += ["", "[filters.purchase]",

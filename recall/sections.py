@@ -83,7 +83,8 @@ class BlacklistConfig(Strict):
 
 
 class DiversityConfig(Strict):
-    """Scattering: cap the candidates per category and per brand in a user's list."""
+    """Scattering: cap the candidates per category and per brand in a user's list (over-cap
+    candidates are demoted below the others, not dropped; see :mod:`recall.filters`)."""
 
     enabled: bool = True
     max_per_category: int = Field(0, ge=0, description="most candidates of one category per user (0: no cap)")
