@@ -46,7 +46,9 @@ class WalkParams(BaseModel):
     walks_per_transition: float = Field(
         0.5, gt=0, description="walks started per session transition (unit of out-strength) of the item graph: "
                                "the corpus grows with the events, not the catalogue")
-    min_walks: int = Field(10_000, ge=1, description="walks in all at least (small logs)")
+    # 5,000: on the bundled sample's validation window (10,804 transitions) DeepWalk R@200 0.390 vs
+    # 0.373 at 10,000, EGES 0.424 vs 0.419, Node2Vec 0.369 vs 0.373, at 0.6x the walks (BENCHMARKS.md).
+    min_walks: int = Field(5_000, ge=1, description="walks in all at least (small logs)")
     # 4: on the Taobao 84k validation window DeepWalk's R@200 0.0051 (0.0015 without the floor,
     # 0.0054 with 10 walks per node) at 2.5x fewer walks than per node (BENCHMARKS.md, issue 15).
     min_walks_per_item: int = Field(4, ge=0, description="walks every item with at least min_degree "
