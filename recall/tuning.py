@@ -56,7 +56,7 @@ from recall.sections import TuneConfig
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluation import evaluation_targets, metrics, split_data
-from recall.filters import filter_with_refill
+from recall.filters import filter_with_refill, purchase_blocks
 from recall.merge import slot_positions
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, no_progress
@@ -295,6 +295,8 @@ class QuotaMerger:
         self.ranks = np.full((pairs.height, len(self.names)), np.inf)
         self.ranks[located["pair"].to_numpy(), located["ch"].to_numpy()] = located[S.RANK].to_numpy()
         self.strict = np.array([cfg.channels[n].strict or not cfg.merge.backfill for n in self.names])
+        # The purchase blocks depend on the training data only: once, not per quota vector.
+        self.blocks = purchase_blocks(train, cfg.filters.purchase) if cfg.filters.purchase.enabled else None
 
     def merged(self, quotas: Quotas, depth: int | None, users: pl.Series | None = None) -> pl.DataFrame:
         """``user_id, item_id, score, rank, source`` of ``users`` (None: all), ``depth`` rows per user at
@@ -309,8 +311,8 @@ class QuotaMerger:
             keep &= self.user_ids.is_in(users.implode()).to_numpy()
         keep = np.flatnonzero(keep)
         order = keep[np.lexsort((self.item_code[keep], source[keep], best[keep], self.user_code[keep]))]
-        users = self.user_code[order]
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        user_codes = self.user_code[order]
+        starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]])
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
         if depth is not None:
             within = rank <= depth
@@ -324,7 +326,7 @@ class QuotaMerger:
     def __call__(self, quotas: Quotas) -> pl.DataFrame:
         """The filtered merge cut to the budget, as ``merge_outputs(...)[0]`` (without ``channels``)."""
         return filter_with_refill(lambda depth, users: self.merged(quotas, depth, users), self.train,
-                                  self.cfg.filters, self.cfg.candidates_per_user)[0]
+                                  self.cfg.filters, self.cfg.candidates_per_user, self.blocks)[0]
 
 
 def quota_scorer(cfg: Config, validations: Sequence[Validation], metric: str, k: int) -> CachedScore:
