@@ -31,17 +31,18 @@ each on what the previous one left:
    over-cap candidates (a user whose interest recall is all in two categories would
    otherwise get 80 candidates under a cap of 40).
 
-Then each user keeps the ``budget`` best-ranked survivors, re-ranked 1..n. A user
-left short of the budget whose merged list was cut at ``budget + reserve`` (more
-candidates exist) is merged again to the full depth of their candidates and
-filtered again (:func:`filter_with_refill`): the reserve is sized for typical users,
-and a user whose candidates sit mostly in categories they just bought (interest
-recall does that) would otherwise get a short list. Only those few users pay. The
+Then each user keeps the ``budget`` best-ranked survivors, re-ranked 1..n. The
 greedy walk of step 3 is computed without a loop over users: every round recounts,
 for all rows at once, the kept predecessors in each row's category and brand
 (window cumulative sums) and re-decides. A row's decision depends only on rows above
 it, so after round k the first k rows of every list are final: the rounds stop at a
 fixed point, after at most (longest list + 1) rounds and in practice a handful.
+
+A user left short of the budget whose merged list was cut at ``budget + reserve``
+(more candidates exist) is merged again to the full depth of their candidates and
+filtered again (:func:`filter_with_refill`): the reserve is sized for typical users,
+and a user whose candidates sit mostly in categories they just bought (interest
+recall does that) would otherwise get a short list. Only those few users pay.
 """
 
 from __future__ import annotations
