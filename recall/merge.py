@@ -12,9 +12,20 @@ Per user the merge keeps the ``budget`` items with the smallest position
 - a ``strict`` channel never goes beyond its quota, and without back-fill no
   channel does.
 
-``channels`` lists every channel whose list holds the item (rankers read it as
-``match_type``); ``source`` is the channel whose slot it took. ``score`` is
-``1 / position``, so the order across channels follows the quotas.
+``channels`` lists every channel that holds the item at a slot position no later
+than the user's last kept item, i.e. the channels that found it within the reach of
+this merge (rankers read it as ``match_type``); a channel holding it only deeper in
+its list, or with no slots at all, is not listed. ``source`` is the channel whose
+slot it took. ``score`` is ``1 / position``, so the order across channels follows
+the quotas.
+
+The work is proportional to what the merge needs, not to the lists' depth: a first
+pass reads every channel down to the same slot position (``FIRST_PASS_REACH`` times
+the position a duplicate-free merge would end at; rows beyond it rank after every
+row read, so a user it fills has the same list as with everything read), and only
+the users it leaves short of the budget are merged again on all their rows. On the
+5M-event log the first pass reads a third of the rows and fills about three users
+in four.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from recall import schema as S
 from recall.errors import RecallError
 
 SOURCE = "source"
+FIRST_PASS_REACH = 3  # see first_pass_depths
 
 
 def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], budget: int, *,
@@ -43,49 +55,95 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     names = sorted(candidates)
     if len(names) > 63:
         raise RecallError(f"{len(names)} channels in one merge; at most 63 are supported")
+    if any(int(candidates[n][S.RANK].min() or 1) < 1 for n in names):
+        raise RecallError("channel ranks must start at 1; pass channel outputs (user_id, item_id, score, rank)")
+    capped = {name for name in names if name in strict or not backfill}
+    frames = {name: candidates[name] for name in names}
+    if not frames:
+        return empty_merge()
+    dtypes = pl.concat([f.select(S.USER, S.ITEM).head(0) for f in frames.values()], how="vertical_relaxed").schema
+    if sum(f.height for f in frames.values()) == 0:
+        return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
+    # First pass: each channel read down to its first_pass_depths; a user it fills
+    # is final (everything unread is at a later slot position than all it kept).
+    depths = first_pass_depths({name: quotas[name] for name in names}, budget, capped, FIRST_PASS_REACH)
+    read = {name: f.filter(pl.col(S.RANK) <= depths[name]) for name, f in frames.items()}
+    merged = _merge_pass(read, quotas, budget, capped, dtypes)
+    unread = [f.filter(pl.col(S.RANK) > depths[name]).select(S.USER) for name, f in frames.items()]
+    unread = pl.concat(unread, how="vertical_relaxed").unique() if unread else None
+    if unread is None or unread.height == 0:
+        return merged
+    filled = merged.group_by(S.USER).len().filter(pl.col("len") >= budget).select(S.USER)
+    deeper = unread.join(filled.with_columns(pl.col(S.USER).cast(unread.schema[S.USER])), on=S.USER, how="anti")
+    if deeper.height == 0:
+        return merged
+    # Second pass: those users short of the budget, on every row of theirs.
+    again = _merge_pass({name: f.join(deeper, on=S.USER, how="semi") for name, f in frames.items()},
+                        quotas, budget, capped, dtypes)
+    return (pl.concat([merged.join(deeper.with_columns(pl.col(S.USER).cast(dtypes[S.USER])), on=S.USER, how="anti"),
+                       again]).sort(S.USER, S.RANK))
+
+
+def first_pass_depths(quotas: Mapping[str, int], budget: int, capped: set[str] | frozenset[str],
+                      reach: int) -> dict[str, int]:
+    """Rows the merge's first pass reads from each channel: the ranks whose slot position is at most
+    ``reach x budget / sum of quotas`` (integer arithmetic: exactly the positions up to that bound).
+
+    Every channel is read down to the same position, so a user whose first pass yields
+    ``budget`` items has the same list as with every row read. A capped channel is
+    never read past its quota. ``reach`` 3: on the 5M-event log a user's ``budget``-th
+    distinct item sits at a median position 2.2x the duplicate-free one (channels
+    overlap), and three quarters of users are filled within 3x.
+    """
+    total = sum(max(q, 0) for q in quotas.values())
+    if total == 0:
+        return dict.fromkeys(quotas, 0)
+    depths = {name: (reach * budget * max(q, 0)) // total for name, q in quotas.items()}
+    return {name: min(d, max(quotas[name], 0)) if name in capped else d for name, d in depths.items()}
+
+
+def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], budget: int,
+                capped: set[str], dtypes: pl.Schema) -> pl.DataFrame:
+    """The merge of ``frames`` (sorted by name) over every row given."""
+    names = list(frames)
+    if sum(f.height for f in frames.values()) == 0:
+        return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
     # Slot positions rank / quota are few distinct numbers: code each as its place
     # among all of them, times 64, plus the channel number, so "best position, ties
     # to the first channel" is the minimum of one integer.
-    ranks = {n: np.arange(int(candidates[n][S.RANK].max() or 0) + 1, dtype=np.float64) for n in names}
-    if any(int(candidates[n][S.RANK].min() or 1) < 1 for n in names):
-        raise RecallError("channel ranks must start at 1; pass channel outputs (user_id, item_id, score, rank)")
-    positions = {name: slot_positions(ranks[name], quotas[name], name in strict or not backfill) for name in names}
+    ranks = {n: np.arange(int(frames[n][S.RANK].max() or 0) + 1, dtype=np.float64) for n in names}
+    positions = {name: slot_positions(ranks[name], quotas[name], name in capped) for name in names}
     levels, _ = position_codes({name: p[1:] for name, p in positions.items()})
-    frames = [candidates[name] for name in names]
-    if not frames:
-        return empty_merge()
     # Everything below runs on integer arrays: users and items as small non-negative
     # codes, each candidate's slot position and channel as one integer "code"
     # (place among the distinct positions x 64 + channel number), so "best position,
     # ties to the first channel by name, then the smaller item" is integer order.
-    dtypes = pl.concat([f.select(S.USER, S.ITEM).head(0) for f in frames], how="vertical_relaxed").schema
-    if sum(f.height for f in frames) == 0:
-        return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
-    users, decode_users = _integer_codes([f[S.USER].cast(dtypes[S.USER]) for f in frames])
-    items, decode_items = _integer_codes([f[S.ITEM].cast(dtypes[S.ITEM]) for f in frames])
+    users, decode_users = _integer_codes([f[S.USER].cast(dtypes[S.USER]) for f in frames.values()])
+    items, decode_items = _integer_codes([f[S.ITEM].cast(dtypes[S.ITEM]) for f in frames.values()])
     code = np.concatenate([
         (np.searchsorted(levels, positions[name]).astype(np.int64) * 64 + order)[f[S.RANK].to_numpy()]
-        for order, (name, f) in enumerate(zip(names, frames))])
+        for order, (name, f) in enumerate(frames.items())])
     # Field widths in bits, so packing and unpacking are shifts and masks.
     user_bits, item_bits = _bits(int(users.max()) + 1), _bits(int(items.max()) + 1)
     code_bits = _bits(levels.size) + 6
     infinite = (levels.size - 1) * 64  # codes from here on have no position (inf is the last level)
+    last = np.full(int(users.max()) + 1, -1, dtype=np.int64)  # each user's last kept position level
     if user_bits + item_bits + code_bits <= 63:
         # Packed into one int64 (user, item, code), a plain value sort groups each pair
         # with its best code first; a second sort of (user, code, item) orders the lists.
         key = (users << (item_bits + code_bits)) | (items << code_bits) | code
         del users, items, code
         key.sort()
-        pair = key >> code_bits
-        code = key & ((1 << code_bits) - 1)
+        row_pair = key >> code_bits
+        row_code = key & ((1 << code_bits) - 1)
         del key
-        starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
-        mask = _run_sums(np.left_shift(1, code & 63), starts)  # a channel lists an item once per user
-        pair, code = pair[starts], code[starts]
+        starts = np.flatnonzero(np.r_[True, row_pair[1:] != row_pair[:-1]])
+        pair, code = row_pair[starts], row_code[starts]
         finite = code < infinite
-        pair, code, mask = pair[finite], code[finite], mask[finite]
+        pair, code = pair[finite], code[finite]
         item_mask = (1 << item_bits) - 1
         listed = ((pair >> item_bits) << (code_bits + item_bits)) | (code << item_bits) | (pair & item_mask)
+        del pair
         listed.sort()
         user = listed >> (code_bits + item_bits)
         keep = _ranks(user) <= budget
@@ -93,20 +151,24 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         code = (listed >> item_bits) & ((1 << code_bits) - 1)
         item = listed & item_mask
         del listed
-        mask = mask[np.searchsorted(pair, (user << item_bits) | item)]  # pair is sorted
+        last[user] = code >> 6  # sorted by code within a user: the last write is the last kept row
+        mask = _reached_masks(row_code, row_pair >> item_bits, last, starts)
+        mask = mask[np.searchsorted(row_pair[starts], (user << item_bits) | item)]  # sorted pairs
     else:  # ids too spread to pack: the same two orders by lexsort
         order = np.lexsort((code, items, users))
-        users, items, code = users[order], items[order], code[order]
-        first = np.r_[True, (users[1:] != users[:-1]) | (items[1:] != items[:-1])]
+        row_user, row_item, row_code = users[order], items[order], code[order]
+        del users, items, code, order
+        first = np.r_[True, (row_user[1:] != row_user[:-1]) | (row_item[1:] != row_item[:-1])]
         starts = np.flatnonzero(first)
-        mask = _run_sums(np.left_shift(1, code & 63), starts)
-        user, item, code = users[starts], items[starts], code[starts]
-        finite = code < infinite
-        user, item, code, mask = user[finite], item[finite], code[finite], mask[finite]
+        user, item, code = row_user[starts], row_item[starts], row_code[starts]
+        pair_index = np.flatnonzero(code < infinite)  # each surviving row's (user, item) run
+        user, item, code = user[pair_index], item[pair_index], code[pair_index]
         order = np.lexsort((item, code, user))
-        user, item, code, mask = user[order], item[order], code[order], mask[order]
+        user, item, code, pair_index = user[order], item[order], code[order], pair_index[order]
         keep = _ranks(user) <= budget
-        user, item, code, mask = user[keep], item[keep], code[keep], mask[keep]
+        user, item, code, pair_index = user[keep], item[keep], code[keep], pair_index[keep]
+        last[user] = code >> 6
+        mask = _reached_masks(row_code, row_user, last, starts)[pair_index]
     rank = _ranks(user)
     if len(names) <= 16:  # the distinct masks by a lookup table, no sort
         present = np.zeros(1 << len(names), dtype=bool)
@@ -127,6 +189,13 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         pl.Series(SOURCE, names, dtype=pl.String).gather(code % 64).alias(SOURCE),
         holders.gather(mask_index.ravel()),
     ])
+
+
+def _reached_masks(row_code: np.ndarray, row_user: np.ndarray, last: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Per (user, item) run of rows: the bits of the channels listing the item at a slot position no
+    later than the user's last kept one (a row's channel is ``code & 63``, its position level ``code >> 6``)."""
+    reached = (row_code >> 6) <= last[row_user]
+    return _run_sums(np.where(reached, np.left_shift(1, row_code & 63), 0), starts)
 
 
 def _bits(n: int) -> int:
@@ -206,3 +275,28 @@ def position_codes(positions: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dic
 def empty_merge() -> pl.DataFrame:
     return pl.DataFrame(schema={S.USER: pl.Int64, S.ITEM: pl.Int64, S.SCORE: pl.Float64,
                                 S.RANK: pl.Int32, SOURCE: pl.String, S.CHANNELS: pl.List(pl.String)})
+
+
+def user_batches(candidates: Mapping[str, pl.DataFrame], size: int) -> list[dict[str, pl.DataFrame]]:
+    """The candidate tables cut into batches of at most ``size`` users, in user order.
+
+    Every row of a user is in the same batch, so merging and filtering batch by batch
+    and concatenating gives the same table as one pass over all users (the merge and
+    every filter are per user). A table already sorted by user is sliced, not copied.
+    """
+    if not candidates:
+        return [dict(candidates)]
+    users = (pl.concat([f.select(S.USER) for f in candidates.values()], how="vertical_relaxed")[S.USER]
+             .unique().sort())
+    if users.len() <= size:
+        return [dict(candidates)]
+    firsts = users.gather(np.arange(size, users.len(), size))  # the first user of each batch after the first
+    batches: list[dict[str, pl.DataFrame]] = [{} for _ in range(firsts.len() + 1)]
+    for name, frame in candidates.items():
+        if not frame[S.USER].is_sorted():
+            frame = frame.sort(S.USER, maintain_order=True)
+        cuts = [0, *frame[S.USER].search_sorted(firsts.cast(frame.schema[S.USER]), side="left").to_list(),
+                frame.height]
+        for batch, start, stop in zip(batches, cuts, cuts[1:]):
+            batch[name] = frame.slice(start, stop - start)
+    return batches

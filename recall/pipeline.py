@@ -10,6 +10,7 @@ from the channels that worked.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -36,7 +37,7 @@ from recall.filters import filter_with_refill, purchase_blocks
 from recall.interface import Channel
 from recall.io import Dataset, check_id_types, load_dataset
 from recall.logs import event
-from recall.merge import merge_channels
+from recall.merge import merge_channels, user_batches
 from recall.meter import StageMeter
 from recall.publish import OutputLock, fault_point, output_lock, publish, resolve_run
 from recall.shards import shard_of, user_shards
@@ -129,6 +130,24 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
     candidates each filter removed. ``blocks`` are the purchase blocks if already
     computed (:func:`recall.filters.purchase_blocks`, shared by user shards).
     """
+    if blocks is None and cfg.filters.purchase.enabled:
+        blocks = purchase_blocks(train, cfg.filters.purchase)  # every user's purchases: once, not per batch
+    if cfg.merge.segment_quotas:
+        train.interactions  # noqa: B018 - built once here, not raced for by the batches' threads
+    batches = user_batches(candidates, cfg.merge.user_batch)
+    if len(batches) == 1:
+        return _merge_batch(cfg, candidates, train, blocks)
+    # The batches are independent (every step is per user), and numpy's sorts and
+    # polars release the GIL, so threads use the cores; results keep the user order.
+    with concurrent.futures.ThreadPoolExecutor(min(cfg.merge.workers, len(batches))) as pool:
+        results = list(pool.map(lambda batch: _merge_batch(cfg, batch, train, blocks), batches))
+    removed = {key: sum(r[2][key] for r in results) for key in results[0][2]}
+    return pl.concat([r[0] for r in results]), pl.concat([r[1] for r in results]), removed
+
+
+def _merge_batch(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData,
+                 blocks: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+    """:func:`merge_outputs` on one batch of users."""
     strict = {name for name in candidates if cfg.channels[name].strict}
     budget = cfg.candidates_per_user
     parts = []

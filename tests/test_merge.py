@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recall import merge
 from recall.merge import merge_channels
 
 CHANNEL_NAMES = ["a", "b", "c"]
@@ -45,11 +48,13 @@ def test_merge_properties(tables_quotas, budget, backfill, strict, rnd):
         assert within.height == 0 or within["len"].max() <= quota
         if name in strict or not backfill:
             assert own.height == 0 or own.group_by("user_id").len()["len"].max() <= quota
-    # Every listed channel really holds the item; every holder is listed.
+    # Every listed channel really holds the item, the slot's channel among them (the
+    # oracle test checks that exactly the channels reached are listed).
     union = pl.concat([t.select("user_id", "item_id").with_columns(ch=pl.lit(n)) for n, t in tables.items()])
     holders = union.group_by("user_id", "item_id").agg(pl.col("ch").unique().sort())
     check = merged.join(holders, on=["user_id", "item_id"], how="left")
-    assert check["channels"].to_list() == check["ch"].to_list()
+    assert all(set(listed) <= set(held) and source in listed
+               for listed, held, source in zip(check["channels"], check["ch"], check["source"]))
     # Back-fill: a user gets the full budget whenever enough eligible candidates exist.
     if backfill and not strict:
         eligible = (union.join(pl.DataFrame({"ch": list(quotas), "q": list(quotas.values())}), on="ch")
@@ -80,24 +85,31 @@ def test_merge_worked_example():
 
 def merge_oracle(tables: dict[str, pl.DataFrame], quotas: dict[str, int], budget: int, strict: set[str],
                  backfill: bool) -> list[tuple]:
-    """The merge rule in exact fractions, user by user: (user, item, rank, source, channels)."""
+    """The merge rule in exact fractions, user by user: (user, item, rank, source, channels).
+
+    ``channels``: every channel listing the item at a slot position no later than the
+    user's last kept item.
+    """
     from fractions import Fraction
 
-    best, holders = {}, {}
+    best, listed = {}, []
     for name in sorted(tables):
         quota = quotas[name]
         for user, item, _, rank in tables[name].iter_rows():
-            holders.setdefault((user, item), set()).add(name)
             capped = name in strict or not backfill
             if quota == 0 or (capped and rank > quota):
                 continue
             key = (Fraction(rank, quota), name)
+            listed.append((user, item, key[0], name))
             if (user, item) not in best or key < best[(user, item)]:
                 best[(user, item)] = key
     rows = []
     for user in sorted({u for u, _ in best}):
         mine = sorted((key, item) for (u, item), key in best.items() if u == user)[:budget]
-        rows += [(user, item, r + 1, key[1], sorted(holders[(user, item)])) for r, (key, item) in enumerate(mine)]
+        reach = mine[-1][0][0]
+        for r, (key, item) in enumerate(mine):
+            holders = sorted({n for u, i, position, n in listed if (u, i) == (user, item) and position <= reach})
+            rows.append((user, item, r + 1, key[1], holders))
     return rows
 
 
@@ -105,9 +117,44 @@ def merge_oracle(tables: dict[str, pl.DataFrame], quotas: dict[str, int], budget
 @given(channel_tables(), st.integers(1, 12), st.booleans(), st.sets(st.sampled_from(CHANNEL_NAMES)))
 def test_merge_equals_exact_fraction_oracle(tables_quotas, budget, backfill, strict):
     tables, quotas = tables_quotas
-    merged = merge_channels(tables, quotas, budget, strict=strict, backfill=backfill)
-    got = merged.sort("user_id", "rank").select("user_id", "item_id", "rank", "source", "channels").rows()
-    assert [tuple(r) for r in got] == [tuple(r) for r in merge_oracle(tables, quotas, budget, strict, backfill)]
+    expected = [tuple(r) for r in merge_oracle(tables, quotas, budget, strict, backfill)]
+    # The shipped first pass, and one that reads so little that most users take the second.
+    for reach in (merge.FIRST_PASS_REACH, 1):
+        with mock.patch.object(merge, "FIRST_PASS_REACH", reach):
+            merged = merge_channels(tables, quotas, budget, strict=strict, backfill=backfill)
+        got = merged.sort("user_id", "rank").select("user_id", "item_id", "rank", "source", "channels").rows()
+        assert [tuple(r) for r in got] == expected
+
+
+def test_first_pass_reads_the_same_positions_in_every_channel():
+    """Depths are the ranks with position rank / quota <= reach x budget / sum of quotas, exactly."""
+    from fractions import Fraction
+
+    quotas = {"a": 7, "b": 3, "c": 0, "d": 5}
+    depths = merge.first_pass_depths(quotas, 20, {"d"}, 3)
+    bound = Fraction(3 * 20, sum(quotas.values()))
+    for name, quota in quotas.items():
+        if quota == 0:
+            assert depths[name] == 0
+            continue
+        deepest = max(r for r in range(1, 1000) if Fraction(r, quota) <= bound)
+        assert depths[name] == (min(deepest, quota) if name == "d" else deepest)
+
+
+def test_second_pass_fills_users_the_first_pass_leaves_short():
+    """Two channels listing the same items: the first pass (reach 1) yields half the budget; the
+    user still gets the budget, equal to the oracle, and channels lists both where both reached."""
+    items = list(range(100, 120))
+    table = pl.DataFrame({"user_id": [1] * 20, "item_id": items, "score": [1.0] * 20, "rank": list(range(1, 21))},
+                         schema_overrides={"rank": pl.Int32})
+    tables, quotas = {"a": table, "b": table}, {"a": 1, "b": 1}
+    assert merge.first_pass_depths(quotas, 10, set(), 1) == {"a": 5, "b": 5}
+    with mock.patch.object(merge, "FIRST_PASS_REACH", 1):
+        merged = merge_channels(tables, quotas, 10)
+    assert merged["item_id"].to_list() == items[:10]
+    assert merged["channels"].to_list() == [["a", "b"]] * 10
+    got = merged.select("user_id", "item_id", "rank", "source", "channels").rows()
+    assert [tuple(r) for r in got] == [tuple(r) for r in merge_oracle(tables, quotas, 10, set(), True)]
     for score, (user, item, rank, source, _) in zip(merged.sort("user_id", "rank")["score"], got):
         assert score == quotas[source] / (tables[source].filter((pl.col("user_id") == user)
                                                                 & (pl.col("item_id") == item))["rank"][0])

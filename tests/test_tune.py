@@ -83,6 +83,22 @@ def test_quota_merger_equals_merge_outputs(seed, variant):
         assert np.allclose(fast["score"].to_numpy(), real["score"].to_numpy())
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_merge_outputs_by_user_batches_equals_one_pass(seed):
+    """Users merged and filtered in batches of 4 on 2 threads (rows shuffled, so the tables are cut
+    after a sort) give the one-pass tables and removal counts."""
+    base = config()
+    train = TrainData.build(dataset(seed), seed=seed)
+    candidates = random_candidates(seed, train)
+    whole = merge_outputs(base, candidates, train)
+    shuffled = {n: f.sample(fraction=1.0, shuffle=True, seed=seed) for n, f in candidates.items()}
+    batched_cfg = base.model_copy(update={"merge": base.merge.model_copy(update={"user_batch": 4, "workers": 2})})
+    batched = merge_outputs(batched_cfg, shuffled, train)
+    assert batched[0].equals(whole[0]) and batched[1].equals(whole[1])
+    assert batched[2] == whole[2]
+    assert whole[0]["user_id"].n_unique() > 4 * 3  # several batches
+
+
 def concave_score(weights: dict[str, float], scales: dict[str, float]):
     """A separable concave objective: greedy is provably optimal on it (diminishing returns per channel)."""
     return lambda q: sum(w * (1 - math.exp(-q[n] / scales[n])) for n, w in weights.items())
