@@ -341,8 +341,11 @@ class Crowd(Channel):
             rows = engaged[chunk]
             seen = pl.DataFrame({UIDX: np.repeat(chunk_rows(chunk), np.diff(rows.indptr)).astype(np.int32),
                                  IIDX: rows.indices.astype(np.int32)})
+            # A user's n-th unseen item is at chain position < n + (items they saw): the rest
+            # of the chain (top_k per level, thousands of rows) is never joined to the users.
+            reach = n + int(np.diff(rows.indptr).max(initial=0))
             recs = (self.user_crowd_.filter(in_block)
-                    .join(self.chains_, on=FINEST)
+                    .join(self.chains_.filter(pl.col("pos") < reach), on=FINEST)
                     .join(seen, on=[UIDX, IIDX], how="anti")
                     .sort(UIDX, "pos")
                     .filter(pl.int_range(pl.len()).over(UIDX) < n)
