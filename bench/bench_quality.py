@@ -93,6 +93,7 @@ def run_one(name: str, folder: Path, protocol: str, channels: str) -> dict:
             "tune_seconds": round(tune_seconds, 1), "eval_seconds": round(time.perf_counter() - started, 1),
             "test_users": report["test_users"], "cold_users": report["test_users_without_history"],
             "targets": report["targets"], "warm_users": report["segment_users"].get("warm", 0),
+            "segment_users": report["segment_users"],
             "results": [r for r in report["results"] if r["k"] in KS], "headline": report["headline"],
             "segment_results": [r for r in report["segment_results"]
                                 if r["k"] == max(KS) and r["segment"] in ("cold", "light", "heavy")],
