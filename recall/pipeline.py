@@ -128,7 +128,8 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
 
     Returns the filtered candidates, the unfiltered merge (budget only) and how many
     candidates each filter removed. ``blocks`` are the purchase blocks if already
-    computed (:func:`recall.filters.purchase_blocks`, shared by user shards).
+    computed (:func:`recall.filters.purchase_blocks`, shared by user shards). Users are
+    merged and filtered in batches of ``merge.user_batch``, ``merge.workers`` at a time.
     """
     if blocks is None and cfg.filters.purchase.enabled:
         blocks = purchase_blocks(train, cfg.filters.purchase)  # every user's purchases: once, not per batch
