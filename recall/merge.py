@@ -69,19 +69,17 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     depths = first_pass_depths({name: quotas[name] for name in names}, budget, capped, FIRST_PASS_REACH)
     read = {name: f.filter(pl.col(S.RANK) <= depths[name]) for name, f in frames.items()}
     merged = _merge_pass(read, quotas, budget, capped, dtypes)
-    unread = [f.filter(pl.col(S.RANK) > depths[name]).select(S.USER) for name, f in frames.items()]
-    unread = pl.concat(unread, how="vertical_relaxed").unique() if unread else None
-    if unread is None or unread.height == 0:
-        return merged
+    unread = pl.concat([f.filter(pl.col(S.RANK) > depths[name]).select(pl.col(S.USER).cast(dtypes[S.USER]))
+                        for name, f in frames.items()]).unique()
     filled = merged.group_by(S.USER).len().filter(pl.col("len") >= budget).select(S.USER)
-    deeper = unread.join(filled.with_columns(pl.col(S.USER).cast(unread.schema[S.USER])), on=S.USER, how="anti")
+    deeper = unread.join(filled, on=S.USER, how="anti")
     if deeper.height == 0:
         return merged
     # Second pass: those users short of the budget, on every row of theirs.
-    again = _merge_pass({name: f.join(deeper, on=S.USER, how="semi") for name, f in frames.items()},
-                        quotas, budget, capped, dtypes)
-    return (pl.concat([merged.join(deeper.with_columns(pl.col(S.USER).cast(dtypes[S.USER])), on=S.USER, how="anti"),
-                       again]).sort(S.USER, S.RANK))
+    again = _merge_pass({name: f.join(deeper.with_columns(pl.col(S.USER).cast(f.schema[S.USER])), on=S.USER,
+                                      how="semi")
+                         for name, f in frames.items()}, quotas, budget, capped, dtypes)
+    return pl.concat([merged.join(deeper, on=S.USER, how="anti"), again]).sort(S.USER, S.RANK)
 
 
 def first_pass_depths(quotas: Mapping[str, int], budget: int, capped: set[str] | frozenset[str],

@@ -147,7 +147,8 @@ def test_second_pass_fills_users_the_first_pass_leaves_short():
     items = list(range(100, 120))
     table = pl.DataFrame({"user_id": [1] * 20, "item_id": items, "score": [1.0] * 20, "rank": list(range(1, 21))},
                          schema_overrides={"rank": pl.Int32})
-    tables, quotas = {"a": table, "b": table}, {"a": 1, "b": 1}
+    # One table with 32-bit user ids: the passes match users across dtypes.
+    tables, quotas = {"a": table.with_columns(pl.col("user_id").cast(pl.Int32)), "b": table}, {"a": 1, "b": 1}
     assert merge.first_pass_depths(quotas, 10, set(), 1) == {"a": 5, "b": 5}
     with mock.patch.object(merge, "FIRST_PASS_REACH", 1):
         merged = merge_channels(tables, quotas, 10)
