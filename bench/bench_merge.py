@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="a published pipeline run whose channel tables to merge")
     parser.add_argument("--users", type=int, default=25_000)
     parser.add_argument("--per-user", type=int, default=300)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "default.toml"), help="the config to merge with")
     parser.add_argument("--set", action="append", default=[], help="config override, e.g. merge.workers=1")
     args = parser.parse_args()
     from recall.config import load_config
@@ -64,7 +65,7 @@ def main() -> None:
     from recall.pipeline import load_data, merge_outputs
     from recall.shards import user_shards
 
-    cfg = load_config(ROOT / "configs" / "default.toml", [f"data.dir={args.data}", *args.set])
+    cfg = load_config(Path(args.config), [f"data.dir={args.data}", *args.set])
     train = TrainData.build(load_data(cfg), triggers=cfg.triggers, seed=cfg.seed)
     if args.run:
         shards = json.loads((args.run / "manifest.json").read_text())["shards"]

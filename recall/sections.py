@@ -247,7 +247,7 @@ class MergeConfig(Strict):
     """Blending channels: see :mod:`recall.merge`."""
 
     backfill: bool = Field(True, description="give slots a channel cannot fill to the others")
-    user_batch: int = Field(5000, ge=1, description="users merged and filtered at a time: the merge's working "
+    user_batch: int = Field(2000, ge=1, description="users merged and filtered at a time: the merge's working "
                                                     "memory is one batch's candidates, not the shard's")
     workers: int = Field(2, ge=1, description="user batches merged and filtered in parallel threads; the "
                                               "result does not depend on it")
