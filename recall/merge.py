@@ -136,9 +136,10 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         row_code = key & ((1 << code_bits) - 1)
         del key
         starts = np.flatnonzero(np.r_[True, row_pair[1:] != row_pair[:-1]])
-        pair, code = row_pair[starts], row_code[starts]
+        pairs = row_pair[starts]  # each (user, item) once, sorted; its best code first in its run
+        code = row_code[starts]
         finite = code < infinite
-        pair, code = pair[finite], code[finite]
+        pair, code = pairs[finite], code[finite]
         item_mask = (1 << item_bits) - 1
         listed = ((pair >> item_bits) << (code_bits + item_bits)) | (code << item_bits) | (pair & item_mask)
         del pair
@@ -151,7 +152,7 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         del listed
         last[user] = code >> 6  # sorted by code within a user: the last write is the last kept row
         mask = _reached_masks(row_code, row_pair >> item_bits, last, starts)
-        mask = mask[np.searchsorted(row_pair[starts], (user << item_bits) | item)]  # sorted pairs
+        mask = mask[np.searchsorted(pairs, (user << item_bits) | item)]
     else:  # ids too spread to pack: the same two orders by lexsort
         order = np.lexsort((code, items, users))
         row_user, row_item, row_code = users[order], items[order], code[order]

@@ -40,19 +40,13 @@ def merge_channels(candidates: Mapping[str, DataFrame], quotas: Mapping[str, int
     if len(names) > 63:
         raise RecallError(f"{len(names)} channels in one merge; at most 63 are supported")
     capped = {name for name in names if name in strict or not backfill}
-    return _merge_pass(candidates, quotas, budget, capped, _largest_ranks(candidates))
-
-
-def _merge_pass(candidates: Mapping[str, DataFrame], quotas: Mapping[str, int], budget: int, capped: set[str],
-                top: Mapping[str, int]) -> DataFrame:
-    """The merge over every row of ``candidates``; ``top``: each channel's largest rank in any pass."""
-    names = sorted(candidates)
     # The slot positions rank / quota are few distinct numbers, known once the largest rank
     # is: as in the local merge, each (position, channel) is coded as the position's place
     # among all of them times 64 plus the channel number, so "best position, ties to the
     # first channel" is the minimum of one integer (a hash aggregation, not a sort).
     # True (correctly rounded) division, as numpy's: equal fractions (9/60, 3/20) are one
     # level, so slot ties across channels go to the channel order in both engines.
+    top = _largest_ranks(candidates)
     levels, all_codes = position_codes({
         name: slot_positions(np.arange(1, top[name] + 1), quotas[name], name in capped) for name in names})
     infinite = int(np.searchsorted(levels, np.inf)) * 64
