@@ -94,7 +94,7 @@ def main() -> None:
                 started = time.perf_counter()
                 out = fit_model(channel, run_cfg, train, 200)
                 seconds = time.perf_counter() - started
-                corpora = [v for v in train.__dict__.get("_walk_corpora", {}).values() if hasattr(v, "walks")]
+                corpora = [slot.value for key, slot in train._shared.items() if key[0] == "walk corpus"]
                 walks = sum(c.walks.shape[0] for c in corpora)
                 tokens = sum(c.tokens for c in corpora)
                 recall = metrics(out.candidates, targets, [200], train.n_items)[200]["recall"]

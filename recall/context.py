@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -18,6 +20,14 @@ UIDX = "user_idx"
 IIDX = "item_idx"
 # Behaviours that mean the user engaged with the item (an impression alone does not).
 ENGAGED = ("click", "fav", "cart", "buy")
+
+
+class _Slot:
+    """One shared value of a :class:`TrainData` and the lock its first build holds."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.built, self.value = False, None
 
 
 @dataclass
@@ -36,6 +46,21 @@ class TrainData:
     items: pl.DataFrame | None = None
     users: pl.DataFrame | None = None
     seed: int = 42
+    _shared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _shared_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def shared(self, key: Any, build: Callable[[], Any]) -> Any:
+        """``build()``, once per ``key`` for this training data, then shared by every caller.
+
+        Channels fitted in parallel threads (``run.workers``) that ask for the same
+        value at the same time wait for the one build instead of each making it.
+        """
+        with self._shared_lock:
+            slot = self._shared.setdefault(key, _Slot())
+        with slot.lock:
+            if not slot.built:
+                slot.value, slot.built = build(), True
+        return slot.value
 
     @classmethod
     def build(cls, data: Dataset, now: int | None = None, triggers: TriggerConfig | None = None,
@@ -81,15 +106,18 @@ class TrainData:
         """Events that show engagement (click or deeper)."""
         return self.events.filter(pl.col(S.BEHAVIOR).is_in(ENGAGED))
 
-    @cached_property
+    @property
     def interactions(self) -> sp.csr_matrix:
         """Binary users x items matrix of engagement: what a user has already seen and acted on."""
+        return self.shared("interactions", self._interactions)
+
+    def _interactions(self) -> sp.csr_matrix:
         pairs = self.engaged().select(UIDX, IIDX).unique()
         return sp.csr_matrix(
             (np.ones(pairs.height, dtype=np.float32), (pairs[UIDX].to_numpy(), pairs[IIDX].to_numpy())),
             shape=(self.n_users, self.n_items))
 
-    @cached_property
+    @property
     def trigger_matrix(self) -> sp.csr_matrix:
         """Users x items trigger weights: behaviour weight x recency decay, strongest kept.
 
@@ -100,6 +128,9 @@ class TrainData:
         so a returning user whose history is older than the window still gets
         candidates from the i2i channels.
         """
+        return self.shared("trigger_matrix", self._trigger_matrix)
+
+    def _trigger_matrix(self) -> sp.csr_matrix:
         cfg = self.triggers
         weights = pl.DataFrame({S.BEHAVIOR: list(cfg.behavior_weights),
                                 "bw": list(cfg.behavior_weights.values())}).with_columns(

@@ -109,21 +109,19 @@ def walk_corpus(data: TrainData, graph_params: GraphParams, p: WalkParams, node2
 
     if node2vec == (1.0, 1.0):
         node2vec = None
-    key = (graph_params.model_dump_json(), p.model_dump_json(), node2vec, data.seed)
-    cache = data.__dict__.setdefault("_walk_corpora", {})
-    if key in cache:
-        return cache[key]
-    graph_key = ("graph", graph_params.model_dump_json())
-    if graph_key not in cache:
-        cache[graph_key] = item_graph(data, graph_params)
-    graph = cache[graph_key]
-    starts = walk_starts(graph, p, data.seed)
-    if node2vec is None:
-        walks = deepwalk_walks(graph, 1, p.walk_length, data.seed, start_nodes=starts)
-    else:
-        walks = node2vec_walks(graph, 1, p.walk_length, node2vec[0], node2vec[1], data.seed, start_nodes=starts)
-    cache[key] = WalkCorpus(graph=graph, walks=walks)
-    return cache[key]
+    graph_json = graph_params.model_dump_json()
+    graph = data.shared(("item graph", graph_json), lambda: item_graph(data, graph_params))
+
+    def build() -> WalkCorpus:
+        starts = walk_starts(graph, p, data.seed)
+        if node2vec is None:
+            walks = deepwalk_walks(graph, 1, p.walk_length, data.seed, start_nodes=starts)
+        else:
+            walks = node2vec_walks(graph, 1, p.walk_length, node2vec[0], node2vec[1], data.seed,
+                                   start_nodes=starts)
+        return WalkCorpus(graph=graph, walks=walks)
+
+    return data.shared(("walk corpus", graph_json, p.model_dump_json(), node2vec), build)
 
 
 def neighbour_fill(graph: sp.csr_matrix, vectors: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -63,6 +63,9 @@ class Channel(ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     Params: ClassVar[type[ChannelParams]] = ChannelParams
+    # Scheduling only: when several channels are fitted at once (run.workers), the costlier
+    # start first, so the longest fit is not the last one left running alone.
+    fit_cost: ClassVar[int] = 0
 
     def __init__(self, params: ChannelParams | None = None):
         self.params = params if params is not None else self.Params()

@@ -100,16 +100,44 @@ def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step
 
     Each lists the budget plus the filters' reserve unless ``n`` is given. With a
     ``failures`` list, a channel in ``run.optional_channels`` that fails is recorded
-    there and left out (:func:`tolerated`) instead of failing the call.
+    there and left out (:func:`tolerated`) instead of failing the call. ``run.workers``
+    channels are fitted at a time, the costliest first (``Channel.fit_cost``); the
+    result is keyed in the order of ``names`` and does not depend on the setting.
     """
+    names = list(names)
     depth = (n or cfg.candidates_per_user + cfg.filters.reserve) if recommend else None
-    models = {}
-    for name in names:
+
+    def fit(name: str) -> FittedChannel | None:
         label = f"channel {name}" if recommend else f"fit {name}"
         tolerate = tolerated(cfg, f"channel:{name}", failures) if failures is not None else contextlib.nullcontext()
         with step(label), tolerate:
-            models[name] = fit_model(name, cfg, train, depth)
-    return models
+            return fit_model(name, cfg, train, depth)
+        return None  # failed, and tolerated
+
+    order = sorted(names, key=lambda name: -get_channel(name).fit_cost)
+    fitted = in_threads(fit, order, cfg.run.workers)
+    return {name: fitted[name] for name in names if fitted[name] is not None}
+
+
+def in_threads(function: Callable, keys: list, workers: int) -> dict:
+    """``{key: function(key)}``, calls started in the order of ``keys``, ``workers`` at a time.
+
+    The first exception is raised once the calls already running have finished;
+    calls not yet started are dropped.
+    """
+    if workers <= 1 or len(keys) <= 1:
+        return {key: function(key) for key in keys}
+    with concurrent.futures.ThreadPoolExecutor(min(workers, len(keys))) as pool:
+        futures = {key: pool.submit(function, key) for key in keys}
+        done, _ = concurrent.futures.wait(futures.values(), return_when=concurrent.futures.FIRST_EXCEPTION)
+        if any(future.exception() is not None for future in done):
+            for future in futures.values():
+                future.cancel()
+            concurrent.futures.wait(futures.values())
+            for future in futures.values():
+                if not future.cancelled() and future.exception() is not None:
+                    raise future.exception()
+        return {key: future.result() for key, future in futures.items()}
 
 
 def locked(cfg: Config) -> contextlib.AbstractContextManager[OutputLock]:
@@ -401,15 +429,21 @@ class LocalEngine:
         for k, users in enumerate(shards):
             with step("recommend, merge and filter" + (f" (users shard {k + 1}/{len(shards)})"
                                                          if len(shards) > 1 else "")):
-                candidates = {}
-                for name, model in list(models.items()):
+
+                def recommended(name: str) -> pl.DataFrame | None:
                     started = time.perf_counter()
-                    with self.stage(step, f"recommend {name}", progress=""), \
-                            tolerated(cfg, f"channel:{name}", failures, shard=k):
-                        candidates[name] = model.channel.recommend(train, n, users)
-                    recommend_seconds[name] += time.perf_counter() - started
-                    if name not in candidates:
-                        del models[name]  # failed: the remaining shards go on without it
+                    try:
+                        with self.stage(step, f"recommend {name}", progress=""), \
+                                tolerated(cfg, f"channel:{name}", failures, shard=k):
+                            return models[name].channel.recommend(train, n, users)
+                        return None  # failed, and tolerated
+                    finally:
+                        recommend_seconds[name] += time.perf_counter() - started
+
+                lists = in_threads(recommended, list(models), cfg.run.workers)
+                candidates = {name: lists[name] for name in list(models) if lists[name] is not None}
+                for name in set(models) - set(candidates):
+                    del models[name]  # failed: the remaining shards go on without it
                 if not candidates:
                     raise all_failed(failures)
                 with self.stage(step, "merge and filter", progress=""):

@@ -219,6 +219,11 @@ class RunConfig(Strict):
                     "merge, filters and writing stream one shard at a time, so per-user tables in memory "
                     "hold one shard; with more than 1, candidate tables are written as "
                     "'<table>.parquet/shard=<k>/part-0.parquet' folders (read as one dataset)")
+    workers: int = Field(
+        2, ge=1, le=64,
+        description="channels fitted (and, per shard, recommended) at the same time, in threads; every "
+                    "channel's tables are the same at any setting: channels share no random state, and "
+                    "those that set process-wide state (the global torch generator) take turns")
 
 
 class TriggerConfig(Strict):

@@ -454,8 +454,10 @@ def test_json_logs_are_one_object_per_line(world, tmp_path, monkeypatch):
     assert ok.exit_code == 0
     events = json_events(ok.stderr)
     assert all(set(e) == {"ts", "level", "event", "message", "fields"} for e in events)
-    assert [e["fields"]["step"] for e in events if e["event"] == "step.done"] == [
-        "load data", "fit itemcf", "fit retarget", "purchase blocks", "recommend, merge and filter", "publish"]
+    steps = [e["fields"]["step"] for e in events if e["event"] == "step.done"]
+    # Channels are fitted in parallel threads (run.workers): they finish in either order.
+    assert steps[0] == "load data" and set(steps[1:3]) == {"fit itemcf", "fit retarget"}
+    assert steps[3:] == ["purchase blocks", "recommend, merge and filter", "publish"]
     published = [e for e in events if e["event"] == "run.published"]
     assert len(published) == 1 and published[0]["fields"]["run_date"] == NEW
     assert published[0]["fields"]["rows"] == world.candidates.height

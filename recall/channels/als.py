@@ -127,6 +127,7 @@ class ALS(Channel):
     name = "als"
     description = "ALS: implicit-feedback matrix factorisation, behaviour-weighted confidence, faiss u2i"
     Params = ALSParams
+    fit_cost = 1
     exclude_interacted: ClassVar[bool] = True
 
     def fit(self, data: TrainData) -> "ALS":

@@ -35,6 +35,7 @@ class DeepWalk(EmbeddingChannel):
     name = "deepwalk"
     description = "DeepWalk: weighted random walks on the session item graph, skip-gram, faiss"
     Params = DeepWalkParams
+    fit_cost = 2
 
     def corpus(self, data: TrainData) -> WalkCorpus:
         """The shared walk corpus (:func:`recall.corpus.walk_corpus`) of this channel's settings."""

@@ -156,6 +156,7 @@ class EASE(I2IChannel):
     name = "ease"
     description = "EASE: closed-form linear item-item model (Steck 2019) on the most engaged items"
     Params = EASEParams
+    fit_cost = 1
 
     def item_similarity(self, data: TrainData) -> sp.csr_matrix:
         p = self.params

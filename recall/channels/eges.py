@@ -147,6 +147,7 @@ class EGES(EmbeddingChannel):
 
     name = "eges"
     description = "EGES: item ID + side-info embeddings under per-item attention, skip-gram on graph walks"
+    fit_cost = 3
     Params = EGESParams
 
     def walks(self, data: TrainData) -> np.ndarray:

@@ -50,6 +50,7 @@ class Item2Vec(EmbeddingChannel):
     name = "item2vec"
     description = "Item2Vec: skip-gram over session item sequences, faiss nearest neighbours"
     Params = Item2VecParams
+    fit_cost = 1
 
     def item_vectors(self, data: TrainData) -> tuple[np.ndarray, np.ndarray]:
         p = self.params

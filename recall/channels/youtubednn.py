@@ -60,6 +60,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -76,6 +77,9 @@ from recall.embedding import IndexParams, VectorIndex, normalise_rows, search_qu
 from recall.interface import BehaviorList, Channel
 
 log = logging.getLogger("recall")
+# Held while towers are built: channels fitted in parallel threads (run.workers) would
+# otherwise reseed, or draw from, each other's global torch generator.
+GLOBAL_TORCH_RNG = threading.Lock()
 
 
 class TwoTowerParams(IndexParams):
@@ -295,7 +299,8 @@ def build_towers(side, attrs: UserAttributes, p: TwoTowerParams, seed: int, mlp_
             out = self.mlp(torch.cat([pooled, features], dim=-1))
             return out + pooled if p.residual else out
 
-    return Towers()
+    with GLOBAL_TORCH_RNG:  # nn.Embedding and nn.Linear draw their default initialisation from it
+        return Towers()
 
 
 def seeded_mlp(width: int, hidden: list[int], out: int, seed: int):
@@ -503,6 +508,7 @@ class LearnedChannel(Channel):
 
     Params = TwoTowerParams
     exclude_interacted: ClassVar[bool] = True
+    fit_cost = 3
 
     def facts(self) -> dict:
         log_ = self.train_log_
