@@ -34,7 +34,7 @@ from recall import schema as S
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset
-from recall.pipeline import Step, fit_channels, merge_outputs, no_progress
+from recall.pipeline import Step, fit_channels, in_threads, merge_outputs, no_progress
 from recall.split import REPEAT, Split, eligible_users, target_pairs, time_split, user_split
 
 if TYPE_CHECKING:
@@ -249,11 +249,15 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     quotas = {n: q for n, q in cfg.quotas().items() if n in candidates}
     equal = A.equal_quotas(names, cfg.candidates_per_user)
     slots = score_merges(cfg, candidates, train, equal, other_quotas, users.len(), record, step) if names else {}
-    for name, baseline in baselines(cfg).items():
+    methods = baselines(cfg)
+
+    def served(name: str) -> tuple[pl.DataFrame, float]:
         with step(f"baseline {name}"):
             started = time.perf_counter()
-            frame = baseline(train, users, depth)
-            record(name, "baseline", frame, time.perf_counter() - started)
+            return methods[name](train, users, depth), time.perf_counter() - started
+
+    for name, (frame, seconds) in in_threads(served, list(methods), cfg.run.workers).items():
+        record(name, "baseline", frame, seconds)
 
     with step("channel analysis"):
         analysis = analyse(cfg, candidates, train, targets, ks, n_items, quotas)
