@@ -259,7 +259,7 @@ def user_weights(data: TrainData, half_life_days: float | None) -> sp.csr_matrix
 
 def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: int, *,
                  half_life_days: float | None = None, exclude_interacted: bool = True,
-                 user_block: int = 20_000, users: np.ndarray | None = None) -> pl.DataFrame:
+                 user_block: int = 5_000, users: np.ndarray | None = None) -> pl.DataFrame:
     """u2i by user vector: normalise(sum_i w(u, i) v_i), its ``n`` nearest unseen items with cosine > 0."""
     weights = user_weights(data, half_life_days)
     return search_queries(data, index, lambda rows: normalise_rows(weights[rows] @ vectors), n,
@@ -267,7 +267,7 @@ def search_users(data: TrainData, index: VectorIndex, vectors: np.ndarray, n: in
 
 
 def search_queries(data: TrainData, index: VectorIndex, queries_of, n: int, *,
-                   exclude_interacted: bool = True, user_block: int = 20_000,
+                   exclude_interacted: bool = True, user_block: int = 5_000,
                    users: np.ndarray | None = None) -> pl.DataFrame:
     """u2i by searching one query vector per user: the ``n`` best unseen items with a score > 0.
 

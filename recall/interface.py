@@ -43,7 +43,8 @@ class ChannelParams(BaseModel):
     quota: int | None = Field(None, ge=0, description="slots per user in the merge")
     share: float | None = Field(None, gt=0, le=1, description="share of the per-user budget")
     strict: bool = Field(False, description="never take back-filled slots beyond the quota")
-    user_block: int = Field(20_000, ge=1, description="users per block in u2i scoring (memory bound)")
+    user_block: int = Field(5_000, ge=1, description="users per block in u2i scoring: bounds its working memory "
+                                                   "(5,000 was also faster than 20,000 at 5M events: BENCHMARKS.md)")
 
     @model_validator(mode="after")
     def _one_quota(self):
@@ -122,7 +123,7 @@ class I2IChannel(Channel):
 
 
 def expand_triggers(data: TrainData, similarity: sp.csr_matrix, n: int, *,
-                    exclude_interacted: bool = True, user_block: int = 20_000,
+                    exclude_interacted: bool = True, user_block: int = 5_000,
                     users: np.ndarray | None = None) -> pl.DataFrame:
     """u2i score = sum over a user's triggers of trigger weight x i2i score; top ``n`` per user.
 
