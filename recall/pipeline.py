@@ -440,18 +440,26 @@ class LocalEngine:
                     finally:
                         recommend_seconds[name] += time.perf_counter() - started
 
-                lists = in_threads(recommended, list(models), cfg.run.workers)
-                candidates = {name: lists[name] for name in list(models) if lists[name] is not None}
+                candidates = {name: frame for name, frame in in_threads(recommended, list(models), cfg.run.workers)
+                              .items() if frame is not None}  # no other reference: freed after the shard
                 for name in set(models) - set(candidates):
                     del models[name]  # failed: the remaining shards go on without it
                 if not candidates:
                     raise all_failed(failures)
+                with self.stage(step, "write candidates", progress=""):
+                    for name, frame in candidates.items():
+                        _write_table(pub, f"channels/{name}.parquet", frame, k, len(shards))
+                        totals.add_channel(name, frame)
+                # Written: the merge reads users, items and ranks only, so the scores (a
+                # quarter of the candidates' memory) are freed before its working memory is taken.
+                candidates = {name: frame.select(S.USER, S.ITEM, S.RANK) for name, frame in candidates.items()}
                 with self.stage(step, "merge and filter", progress=""):
                     merged, _, removed = merge_outputs(cfg, candidates, train, self.blocks)
+                del candidates
                 with self.stage(step, "write candidates", progress=""):
-                    _write_candidates(pub, candidates, merged, k, len(shards))
-                totals.add(candidates, merged, removed)
-                del candidates, merged
+                    _write_table(pub, "candidates.parquet", merged, k, len(shards))
+                totals.add({}, merged, removed)
+                del merged
         timings = pub.manifest.setdefault("timings_seconds", {})
         for name, model in models.items():
             timings[f"channel.{name}"] = round(model.seconds + recommend_seconds[name], 3)
@@ -489,14 +497,6 @@ def _record_model(pub, model: FittedChannel) -> None:
         pub.write_table(relative, table)
     if model.facts:
         pub.manifest.setdefault("channel_facts", {})[model.name] = model.facts
-
-
-def _write_candidates(pub, candidates: dict[str, pl.DataFrame], merged: pl.DataFrame, shard: int,
-                      n_shards: int) -> None:
-    """One shard's channel candidates and merged candidates."""
-    for name, frame in candidates.items():
-        _write_table(pub, f"channels/{name}.parquet", frame, shard, n_shards)
-    _write_table(pub, "candidates.parquet", merged, shard, n_shards)
 
 
 def _write_table(pub, relative: str, frame: pl.DataFrame, shard: int, n_shards: int) -> None:
