@@ -45,7 +45,7 @@ def test_every_channel_publishes_the_same_tables_at_any_number_of_workers(tmp_pa
 
 def test_in_threads_keeps_the_key_order_and_raises_the_first_failure():
     def work(key: int) -> int:
-        time.sleep(0.01 * (5 - key))  # later keys finish first
+        time.sleep(0.01 * (5 - key))  # higher keys finish first: completion order is not key order
         return key * key
 
     assert list(in_threads(work, [4, 1, 3, 0, 2], 3).items()) == [(4, 16), (1, 1), (3, 9), (0, 0), (2, 4)]
