@@ -84,7 +84,7 @@ def main() -> None:
     outputs, removed = [], {}
     for tables in parts:
         started, cpu_started = time.perf_counter(), time.process_time()
-        filtered, _, dropped = merge_outputs(cfg, tables, train, blocks)
+        filtered, _, dropped = merge_outputs(cfg, tables, train, blocks, unfiltered=False)  # as a run
         wall, cpu = wall + time.perf_counter() - started, cpu + time.process_time() - cpu_started
         outputs.append(filtered)
         removed = {k: removed.get(k, 0) + v for k, v in dropped.items()}

@@ -151,11 +151,13 @@ def _publish(cfg: Config, lock: OutputLock, run_date: str, incremental: bool = F
 
 
 def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData,
-                  blocks: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+                  blocks: pl.DataFrame | None = None, *, unfiltered: bool = True
+                  ) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
     """Merge under quotas with a reserve, then apply the mechanism filters down to the budget.
 
-    Returns the filtered candidates, the unfiltered merge (budget only) and how many
-    candidates each filter removed. ``blocks`` are the purchase blocks if already
+    Returns the filtered candidates, the unfiltered merge (budget only; None unless
+    ``unfiltered``, which a run does not need) and how many candidates each filter
+    removed. ``blocks`` are the purchase blocks if already
     computed (:func:`recall.filters.purchase_blocks`, shared by user shards). Users are
     merged and filtered in batches of ``merge.user_batch``, ``merge.workers`` at a time.
     """
@@ -165,17 +167,18 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
         train.interactions  # noqa: B018 - built once here, not raced for by the batches' threads
     batches = user_batches(candidates, cfg.merge.user_batch)
     if len(batches) == 1:
-        return _merge_batch(cfg, candidates, train, blocks)
+        return _merge_batch(cfg, candidates, train, blocks, unfiltered)
     # The batches are independent (every step is per user), and numpy's sorts and
     # polars release the GIL, so threads use the cores; results keep the user order.
     with concurrent.futures.ThreadPoolExecutor(min(cfg.merge.workers, len(batches))) as pool:
-        results = list(pool.map(lambda batch: _merge_batch(cfg, batch, train, blocks), batches))
+        results = list(pool.map(lambda batch: _merge_batch(cfg, batch, train, blocks, unfiltered), batches))
     removed = {key: sum(r[2][key] for r in results) for key in results[0][2]}
-    return pl.concat([r[0] for r in results]), pl.concat([r[1] for r in results]), removed
+    return (pl.concat([r[0] for r in results]), pl.concat([r[1] for r in results]) if unfiltered else None,
+            removed)
 
 
-def _merge_batch(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData,
-                 blocks: pl.DataFrame | None) -> tuple[pl.DataFrame, pl.DataFrame, dict[str, int]]:
+def _merge_batch(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData, blocks: pl.DataFrame | None,
+                 unfiltered: bool = True) -> tuple[pl.DataFrame, pl.DataFrame | None, dict[str, int]]:
     """:func:`merge_outputs` on one batch of users."""
     strict = {name for name in candidates if cfg.channels[name].strict}
     budget = cfg.candidates_per_user
@@ -198,7 +201,7 @@ def _merge_batch(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainD
 
     fault_point("merge")
     filtered, merged, removed = filter_with_refill(merge, train, cfg.filters, budget, blocks)
-    return filtered, merged.filter(pl.col(S.RANK) <= budget), removed
+    return filtered, merged.filter(pl.col(S.RANK) <= budget) if unfiltered else None, removed
 
 
 def segment_users(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData
@@ -454,7 +457,7 @@ class LocalEngine:
                 # quarter of the candidates' memory) are freed before its working memory is taken.
                 candidates = {name: frame.select(S.USER, S.ITEM, S.RANK) for name, frame in candidates.items()}
                 with self.stage(step, "merge and filter", progress=""):
-                    merged, _, removed = merge_outputs(cfg, candidates, train, self.blocks)
+                    merged, _, removed = merge_outputs(cfg, candidates, train, self.blocks, unfiltered=False)
                 del candidates
                 with self.stage(step, "write candidates", progress=""):
                     _write_table(pub, "candidates.parquet", merged, k, len(shards))
@@ -555,7 +558,7 @@ def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_pr
         with step("merge and filter"), _publish(cfg, lock, run_dir.name.split(".")[0], incremental=True) as pub:
             for k in range(n_shards):
                 candidates = {n: read_shard(run_dir / "channels" / f"{n}.parquet", k, n_shards) for n in names}
-                merged, _, removed = merge_outputs(cfg, candidates, train, blocks)
+                merged, _, removed = merge_outputs(cfg, candidates, train, blocks, unfiltered=False)
                 _write_table(pub, "candidates.parquet", merged, k, n_shards)
                 totals.add({}, merged, removed)
             pub.manifest["filters_removed"] = totals.removed

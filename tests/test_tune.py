@@ -97,6 +97,8 @@ def test_merge_outputs_by_user_batches_equals_one_pass(seed):
     assert batched[0].equals(whole[0]) and batched[1].equals(whole[1])
     assert batched[2] == whole[2]
     assert whole[0]["user_id"].n_unique() > 4 * 3  # several batches
+    lean = merge_outputs(batched_cfg, shuffled, train, unfiltered=False)  # as a run calls it
+    assert lean[0].equals(whole[0]) and lean[1] is None and lean[2] == whole[2]
 
 
 def concave_score(weights: dict[str, float], scales: dict[str, float]):
