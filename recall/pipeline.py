@@ -163,15 +163,13 @@ def merge_outputs(cfg: Config, candidates: dict[str, pl.DataFrame], train: Train
     """
     if blocks is None and cfg.filters.purchase.enabled:
         blocks = purchase_blocks(train, cfg.filters.purchase)  # every user's purchases: once, not per batch
-    if cfg.merge.segment_quotas:
-        train.interactions  # noqa: B018 - built once here, not raced for by the batches' threads
     batches = user_batches(candidates, cfg.merge.user_batch)
     if len(batches) == 1:
         return _merge_batch(cfg, candidates, train, blocks, unfiltered)
     # The batches are independent (every step is per user), and numpy's sorts and
     # polars release the GIL, so threads use the cores; results keep the user order.
-    with concurrent.futures.ThreadPoolExecutor(min(cfg.merge.workers, len(batches))) as pool:
-        results = list(pool.map(lambda batch: _merge_batch(cfg, batch, train, blocks, unfiltered), batches))
+    results = list(in_threads(lambda k: _merge_batch(cfg, batches[k], train, blocks, unfiltered),
+                              list(range(len(batches))), cfg.merge.workers).values())
     removed = {key: sum(r[2][key] for r in results) for key in results[0][2]}
     return (pl.concat([r[0] for r in results]), pl.concat([r[1] for r in results]) if unfiltered else None,
             removed)
@@ -312,9 +310,7 @@ class RunTotals:
         row["rows"] += frame.height
         row["users"] += frame[S.USER].n_unique()  # shards hold disjoint users
 
-    def add(self, candidates: dict[str, pl.DataFrame], merged: pl.DataFrame, removed: dict[str, int]) -> None:
-        for name, frame in candidates.items():
-            self.add_channel(name, frame)
+    def add_merged(self, merged: pl.DataFrame, removed: dict[str, int]) -> None:
         self.merged["rows"] += merged.height
         self.merged["users"] += merged[S.USER].n_unique()
         for source, count in merged.group_by("source").len().iter_rows():
@@ -461,7 +457,7 @@ class LocalEngine:
                 del candidates
                 with self.stage(step, "write candidates", progress=""):
                     _write_table(pub, "candidates.parquet", merged, k, len(shards))
-                totals.add({}, merged, removed)
+                totals.add_merged(merged, removed)
                 del merged
         timings = pub.manifest.setdefault("timings_seconds", {})
         for name, model in models.items():
@@ -560,7 +556,7 @@ def merge_published(cfg: Config, run_date: str | None = None, step: Step = no_pr
                 candidates = {n: read_shard(run_dir / "channels" / f"{n}.parquet", k, n_shards) for n in names}
                 merged, _, removed = merge_outputs(cfg, candidates, train, blocks, unfiltered=False)
                 _write_table(pub, "candidates.parquet", merged, k, n_shards)
-                totals.add({}, merged, removed)
+                totals.add_merged(merged, removed)
             pub.manifest["filters_removed"] = totals.removed
             stamp_manifest(pub, cfg, input_fingerprints(data.files))
     return summary(pub, {}, totals.merged)
