@@ -34,7 +34,7 @@ from recall import schema as S
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset
-from recall.pipeline import Step, fit_channels, in_threads, merge_outputs, no_progress
+from recall.pipeline import Step, costliest_first, fit_model, in_threads, merge_outputs, no_progress
 from recall.split import REPEAT, Split, eligible_users, target_pairs, time_split, user_split
 
 if TYPE_CHECKING:
@@ -227,7 +227,22 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     n_items = train.n_items  # the catalogue at T (items with any event before T, or listed)
     depth = max(max(ks), cfg.candidates_per_user)
     names = cfg.enabled_channels()
-    outputs = fit_channels(cfg, train, names, step, n=depth + cfg.filters.reserve)
+    methods = baselines(cfg)
+
+    def fit(job: tuple[str, str]):
+        """A channel fitted with its candidates, or a baseline served with its seconds."""
+        kind, name = job
+        with step(f"{kind} {name}"):
+            if kind == "channel":
+                return fit_model(name, cfg, train, depth + cfg.filters.reserve)
+            started = time.perf_counter()
+            return methods[name](train, users, depth), time.perf_counter() - started
+
+    # The baselines share the channels' threads, queued after them: they fill a thread while the
+    # longest channel fits instead of running after every channel has finished.
+    jobs = [("channel", name) for name in costliest_first(names)] + [("baseline", name) for name in methods]
+    done = in_threads(fit, jobs, cfg.run.workers)
+    outputs = {name: done["channel", name] for name in names}
     # Merges and filters work user by user, so keeping only the test users changes no result.
     candidates = {n: o.candidates.join(user_frame, on=S.USER, how="semi") for n, o in outputs.items()}
 
@@ -249,14 +264,8 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     quotas = {n: q for n, q in cfg.quotas().items() if n in candidates}
     equal = A.equal_quotas(names, cfg.candidates_per_user)
     slots = score_merges(cfg, candidates, train, equal, other_quotas, users.len(), record, step) if names else {}
-    methods = baselines(cfg)
-
-    def served(name: str) -> tuple[pl.DataFrame, float]:
-        with step(f"baseline {name}"):
-            started = time.perf_counter()
-            return methods[name](train, users, depth), time.perf_counter() - started
-
-    for name, (frame, seconds) in in_threads(served, list(methods), cfg.run.workers).items():
+    for name in methods:
+        frame, seconds = done["baseline", name]
         record(name, "baseline", frame, seconds)
 
     with step("channel analysis"):
