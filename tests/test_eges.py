@@ -479,6 +479,40 @@ def test_loss_decreases_to_the_sgns_optimum_on_a_planted_graph():
     assert flat > clustered + 0.5
 
 
+def test_hogwild_workers_train_the_same_batches_to_the_same_optimum():
+    """workers = 3 trainer threads (lock-free updates) see the batches of one worker and reach its loss."""
+    items = pl.DataFrame({"item_id": np.arange(40), "category_id": np.repeat([0, 1], 20)})
+    side = side_info(pl.Series(S.ITEM, np.arange(40)), items, EGESParams())
+    p = EGESParams(dim=16, epochs=3, batch_size=256, learning_rate=0.05, sample=0, shrink_window=False)
+    one = train(planted_walks(), side, p, seed=0)
+    three = train(planted_walks(), side, p.model_copy(update={"workers": 3}), seed=0)
+    assert three.pairs == one.pairs and len(three.losses) == 3
+    clustered = optimal_sgns_loss(np.r_[np.full(20, 1 / 20), np.zeros(20)], np.full(40, 1 / 40), 5)
+    assert three.losses[-1] == pytest.approx(clustered, abs=0.06)
+    assert three.losses[-1] == pytest.approx(one.losses[-1], abs=0.03)
+
+
+def test_a_failing_trainer_thread_raises_and_stops_the_others(monkeypatch):
+    import recall.channels.eges_train as eges_train
+
+    items = pl.DataFrame({"item_id": np.arange(40), "category_id": np.repeat([0, 1], 20)})
+    side = side_info(pl.Series(S.ITEM, np.arange(40)), items, EGESParams())
+    calls = []
+    real_step = eges_train.step
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("planted failure")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(eges_train, "step", failing)
+    p = EGESParams(dim=16, epochs=50, batch_size=64, sample=0, workers=2)
+    with pytest.raises(RuntimeError, match="planted failure"):
+        train(planted_walks(), side, p, seed=0)
+    assert len(calls) < 100  # the other trainer and the producer stopped early (a full run is ~15,000 steps)
+
+
 def test_min_count_items_are_cold():
     items = pl.DataFrame({"item_id": np.arange(41), "category_id": [0] * 20 + [1] * 21})
     side = side_info(pl.Series(S.ITEM, np.arange(41)), items, EGESParams())

@@ -37,8 +37,18 @@ diverges at the step sizes that learn as fast (shared side rows).
 **A producer thread.** Walk blocks are down-sampled, windowed and turned into
 batches (centres, contexts, negatives) by numpy in a second thread while torch
 trains on the previous block; numpy and torch both release the GIL. Batches
-come in a fixed order from one seeded generator, so the result does not depend
-on timing; with ``workers = 1`` it is bit-reproducible.
+come in a fixed order from one seeded generator, so with ``workers = 1`` the
+result does not depend on timing and is bit-reproducible.
+
+**Hogwild trainer threads.** ``workers > 1`` runs that many trainer threads,
+each taking the next batch from the producer and updating the shared tables
+without locks, as word2vec's and gensim's workers do (Recht et al., "Hogwild!",
+NIPS 2011: sparse updates rarely collide, and a collision loses one row's
+update). Each torch op runs on its calling thread, so two workers use two
+cores, where more intra-op threads for one trainer gained 1.2x (an op on a
+4,096-pair batch is too small to split well). The batches and the learning-rate
+schedule are the same; the order the updates land in is not, so the tables
+differ run to run (as gensim's with several workers).
 """
 
 from __future__ import annotations
@@ -198,12 +208,12 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
     shared, K = p.shared_negatives, p.negative
     n_walks = walks.shape[0]
     threads = torch.get_num_threads()
-    torch.set_num_threads(p.workers)
-    batches: queue.Queue = queue.Queue(maxsize=4)
+    torch.set_num_threads(1)  # each trainer thread runs its ops itself (see the module docstring)
+    batches: queue.Queue = queue.Queue(maxsize=2 + 2 * p.workers)
     stop = threading.Event()
 
     def produce() -> None:
-        """Batches in training order: (progress, centres, contexts, mask, n_pairs, negatives) tensors."""
+        """Batches in training order: (epoch, progress, centres, contexts, pairs per centre, negatives)."""
         rng = np.random.default_rng(seed)
         try:
             for epoch in range(p.epochs):
@@ -228,30 +238,46 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
                             return
                         part = slice(b * size, (b + 1) * size)
                         progress = (epoch * n_walks + lo + block.shape[0] * b / n_batches) / (p.epochs * n_walks)
-                        batches.put((progress, torch.from_numpy(centres[part]), torch.from_numpy(contexts[part]),
+                        batches.put((epoch, progress, torch.from_numpy(centres[part]),
+                                     torch.from_numpy(contexts[part]),
                                      torch.from_numpy(pairs_per_centre[part].astype(np.float32)),
                                      torch.from_numpy(negatives[b])))
         finally:
             batches.put(None)
 
+    epoch_loss = [0.0] * p.epochs
+    epoch_pairs = [0] * p.epochs
+    tally = threading.Lock()
+    errors: list[BaseException] = []
+
+    def consume() -> None:
+        """Train on batches until the producer's end mark, which is passed on to the other trainers."""
+        torch.set_num_threads(1)  # per thread: OpenMP keeps the thread count per calling thread
+        try:
+            with torch.no_grad():
+                while (item := batches.get()) is not None:
+                    if stop.is_set():
+                        continue  # drain: another trainer failed
+                    epoch, progress, centres, contexts, n_pairs, negatives = item
+                    decay = 1.0 + (p.min_learning_rate / p.learning_rate - 1.0) * progress
+                    loss, pairs = step(values, context, logits, tokens, within, column_field, field_onehot,
+                                       centres, contexts, n_pairs, negatives, K, optimiser, decay)
+                    with tally:
+                        epoch_loss[epoch] += loss
+                        epoch_pairs[epoch] += pairs
+            batches.put(None)
+        except BaseException as error:  # noqa: BLE001  (re-raised by train once every thread has stopped)
+            errors.append(error)
+            stop.set()
+
     producer = threading.Thread(target=produce, daemon=True)
     producer.start()
-    losses, total_pairs = [], 0
-    epoch_loss, epoch_pairs, epoch = 0.0, 0, 0
+    trainers = [threading.Thread(target=consume, daemon=True) for _ in range(p.workers)]
     try:
-        with torch.no_grad():
-            while (item := batches.get()) is not None:
-                progress, centres, contexts, n_pairs, negatives = item
-                if int(progress * p.epochs) > epoch and epoch_pairs:
-                    losses.append(epoch_loss / epoch_pairs)
-                    epoch_loss, epoch_pairs = 0.0, 0
-                    epoch = int(progress * p.epochs)
-                decay = 1.0 + (p.min_learning_rate / p.learning_rate - 1.0) * progress
-                loss, pairs = step(values, context, logits, tokens, within, column_field, field_onehot,
-                                   centres, contexts, n_pairs, negatives, K, optimiser, decay)
-                epoch_loss += loss
-                epoch_pairs += pairs
-                total_pairs += pairs
+        for trainer in trainers:
+            trainer.start()
+        for trainer in trainers:
+            trainer.join()
     finally:
         stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
@@ -260,9 +286,10 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
             except queue.Empty:
                 pass
         torch.set_num_threads(threads)
-    if epoch_pairs:
-        losses.append(epoch_loss / epoch_pairs)
-    return TrainResult(tables, trained, losses, total_pairs, time.perf_counter() - started)
+    if errors:
+        raise errors[0]
+    losses = [loss / pairs for loss, pairs in zip(epoch_loss, epoch_pairs) if pairs]
+    return TrainResult(tables, trained, losses, sum(epoch_pairs), time.perf_counter() - started)
 
 
 def step(values, context, logits, tokens, within, column_field, field_onehot, centres, contexts, n_pairs,
