@@ -64,7 +64,8 @@ lazy Adam on the touched rows (SparseAdam's update), the context table by
 word2vec's SGD step; a producer thread cuts, down-samples and windows the walks
 with numpy while torch trains. The autograd trainer it replaced is kept as the tests' oracle
 (``tests/eges_reference.py``). Training is reproducible under a seed with
-``workers = 1`` (more torch threads sum in a different order).
+``workers = 1``; more workers are Hogwild trainer threads, whose updates land
+in an order that varies run to run.
 
 Measured (BENCHMARKS.md, issue 15; idle machine, 20,000 walks of the 5M-event log,
 side by side): 674,000 pairs/s on one torch thread, 3.2x the trainer with Adam on
@@ -100,6 +101,9 @@ ID_FIELD = "item_id"
 class EGESParams(DeepWalkParams):
     """EGES settings: the session graph and DeepWalk walks, skip-gram, side information, faiss."""
 
+    # 64, not DeepWalk's 32: at 32 EGES lost validation recall on ml-100k (0.206 vs 0.219) and
+    # taobao-84k (0.0067 vs 0.0105) (BENCHMARKS.md).
+    dim: int = Field(64, ge=2, description="vector dimension (the ID and every side-value embedding)")
     # Adam on the input side and SGD on the context table need 5 epochs for the loss that Adam on
     # every table reached in 3, at about a third of the cost per pair (BENCHMARKS.md, issue 15).
     epochs: int = Field(5, ge=1, description="passes over the walks")
@@ -109,8 +113,8 @@ class EGESParams(DeepWalkParams):
     context_learning_rate: float = Field(0.1, gt=0, description="initial SGD step of the context table "
                                                                  "(word2vec's output layer), decayed in proportion")
     min_learning_rate: float = Field(1e-4, gt=0, description="final Adam learning rate")
-    workers: int = Field(1, ge=1, description="torch CPU threads (torch.set_num_threads); only 1 is "
-                                              "bit-reproducible (parallel sums round differently)")
+    workers: int = Field(1, ge=1, description="trainer threads updating the tables without locks (Hogwild, as "
+                                              "word2vec's workers); only 1 is bit-reproducible")
     attention: bool = Field(True, description="learn per-item attention over the fields (EGES); false: equal "
                                               "fixed weights (GES)")
     batch_size: int = Field(4096, ge=1, description="pairs per optimiser step, about (smaller: more updates, "
