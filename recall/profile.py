@@ -62,6 +62,8 @@ def _text(value) -> str:
 
 
 def _quantiles(values: pl.Series) -> dict[str, float]:
+    if values.len() == 0:  # no engaged user (an impressions-only log)
+        return {"median": 0.0, "p90": 0.0}
     return {"median": float(values.median()), "p90": float(values.quantile(0.9))}
 
 
@@ -76,7 +78,9 @@ def profile(data: Dataset) -> Profile:
                                             active=(pl.col(S.TS).max() - pl.col(S.TS).min()) / DAY)
     # A ratings log: ratings as a column, or each (user, item) engaged at one moment only, never revisited.
     revisits = engaged.group_by(S.USER, S.ITEM).agg(pl.col(S.TS).n_unique().alias("times"))["times"]
-    ratings = "rating" in events.columns or (float((revisits > 1).mean()) < 0.01 and "buy" not in mix)
+    # (A log with no engagement at all, impressions only, has nothing to call ratings.)
+    ratings = "rating" in events.columns or (revisits.len() > 0 and float((revisits > 1).mean()) < 0.01
+                                             and "buy" not in mix)
     test_days = next((d for d in TEST_WINDOWS if (ts >= end + 1 - d * DAY).mean() >= 0.05), TEST_WINDOWS[-1])
     split = end + 1 - test_days * DAY
     recent = events.filter(pl.col(S.TS) >= split).select(S.USER).unique()
@@ -87,7 +91,7 @@ def profile(data: Dataset) -> Profile:
         span_days=(end - start) / DAY, behaviors=mix, kind="ratings" if ratings else "behaviour",
         has_impressions=mix.get("impression", 0) > 0,
         events_per_user=_quantiles(per_user["n"]), items_per_user=_quantiles(per_user["items"]),
-        active_days_per_user=float(per_user["active"].median()), test_days=float(test_days),
+        active_days_per_user=float(per_user["active"].median() or 0.0), test_days=float(test_days),
         test_share=float((ts >= split).mean()), cold_user_share=cold,
         item_columns=[] if data.items is None else [c for c in data.items.columns if c != S.ITEM],
         crowd_attributes=_crowd_attributes(data.users),

@@ -69,3 +69,13 @@ def test_starting_config_for_a_behaviour_log_keeps_retargeting_and_filters():
     assert cfg.filters.diversity.enabled and cfg.filters.diversity.max_per_brand == 20
     assert cfg.filters.purchase.enabled == ("buy" in events["behavior"].cast(str).to_list())
     assert cfg.triggers.window_days == 30.0
+
+
+def test_an_impressions_only_log_profiles_without_engagement():
+    """No engaged event at all (found by the slow fuzz test): a behaviour log with zero per-user figures."""
+    events = pl.DataFrame({"user_id": [0, 0, 1], "item_id": [0, 1, 0], "behavior": ["impression"] * 3,
+                           "ts": [1_699_136_000, 1_699_136_100, 1_699_200_000]})
+    p = profile(Dataset(normalise_events(events, Path("<impressions>"))))
+    assert p.kind == "behaviour" and p.has_impressions and p.behaviors == {"impression": 3}
+    assert p.events_per_user == {"median": 0.0, "p90": 0.0} and p.active_days_per_user == 0.0
+    assert tomllib.loads(starting_config(p, "data/x"))["data"]["dir"] == "data/x"  # `recall init` still writes
