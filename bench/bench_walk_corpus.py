@@ -90,6 +90,8 @@ def main() -> None:
             splits.append(split_data(data, cfg.eval))
         for sizing in args.sizings.split(","):
             for channel in args.channels.split(","):
+                params = cfg.channels[channel].model_copy(update=sizing_update(sizing))
+                run_cfg = cfg.model_copy(update={"channels": {**cfg.channels, channel: params}})
                 walks = tokens = users = 0
                 seconds = recall_sum = 0.0
                 for split in splits:
@@ -97,8 +99,6 @@ def main() -> None:
                     train = TrainData.build(split.train, now=split.ts, triggers=cfg.triggers, seed=cfg.seed)
                     pairs = evaluation_targets(train, split, cfg.eval)
                     targets = pairs.filter(~pl.col(REPEAT)).select(S.USER, S.ITEM)
-                    params = cfg.channels[channel].model_copy(update=sizing_update(sizing))
-                    run_cfg = cfg.model_copy(update={"channels": {**cfg.channels, channel: params}})
                     started = time.perf_counter()
                     out = fit_model(channel, run_cfg, train, 200)
                     seconds += time.perf_counter() - started

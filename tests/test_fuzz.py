@@ -140,7 +140,7 @@ def _replace(draw, values: list, strategy) -> list:
 def apply_defect(draw, name: str, ev: dict, items: dict, users: dict, meta: dict) -> None:
     """Damage the clean tables in place with one defect class."""
     id_col = draw(st.sampled_from([S.USER, S.ITEM]))
-    n = len(next(iter(ev.values()), []))  # an earlier defect of the same class may have dropped ts
+    n = len(next(iter(ev.values()), []))  # in a chaos case, an earlier reshaping defect may have dropped ts
     if name == "duplicates" and n:
         picks = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=5))
         for col in ev:

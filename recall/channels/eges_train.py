@@ -207,8 +207,7 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
     optimiser = EGESOptimiser(values, context, logits, side.pad, p.learning_rate, p.context_learning_rate)
     shared, K = p.shared_negatives, p.negative
     n_walks = walks.shape[0]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # each trainer thread runs its ops itself (see the module docstring)
+    threads = torch.get_num_threads()  # restored at the end: a trainer's setting leaks to later threads
     batches: queue.Queue = queue.Queue(maxsize=2 + 2 * p.workers)
     stop = threading.Event()
 
