@@ -26,6 +26,7 @@ least one target) from K-truncated lists (``rank <= K``):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
@@ -127,26 +128,29 @@ def equal_quotas(names: list[str], budget: int) -> dict[str, int]:
 
 def marginal_gains(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, int],
                    merge: Callable[[dict[str, pl.DataFrame], dict[str, int]], pl.DataFrame],
-                   score: Callable[[pl.DataFrame], dict]) -> dict[str, dict]:
+                   score: Callable[[pl.DataFrame], dict], workers: int = 1) -> dict[str, dict]:
     """Per channel: ``score(merge(all)) - score(merge(all but the channel))``, quotas renormalised.
 
     ``score`` returns ``{k: {metric: value}}`` (as :func:`recall.evaluation.metrics`);
-    the result has the same shape per channel, holding differences.
+    the result has the same shape per channel, holding differences. The merges are
+    independent and run ``workers`` at a time (the result does not depend on it).
     """
     names = [n for n in candidates if n in quotas]
     total = sum(quotas[n] for n in names)
-    full = score(merge({n: candidates[n] for n in names}, {n: quotas[n] for n in names}))
-    gains = {}
-    for name in names:
+    # None: the merge of all. A channel without slots adds nothing: its merge-without is that one.
+    left_out = [None] + [n for n in names if quotas[n] > 0]
+
+    def merged_without(name: str | None) -> dict:
         rest = [n for n in names if n != name]
-        if quotas[name] == 0:
-            # No slots, no contribution: the merge without it is the same merge.
-            without = full
-        else:
-            without = score(merge({n: candidates[n] for n in rest},
-                                  renormalise({n: quotas[n] for n in rest}, total)))
-        gains[name] = {k: {m: full[k][m] - without[k][m] for m in full[k]} for k in full}
-    return gains
+        rest_quotas = {n: quotas[n] for n in rest}
+        return score(merge({n: candidates[n] for n in rest},
+                           rest_quotas if name is None else renormalise(rest_quotas, total)))
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        scores = dict(zip(left_out, pool.map(merged_without, left_out)))
+    full = scores[None]
+    return {name: {k: {m: full[k][m] - scores.get(name, full)[k][m] for m in full[k]} for k in full}
+            for name in names}
 
 
 def user_segments(engaged: pl.DataFrame, users: pl.DataFrame, cfg: SegmentsConfig) -> pl.DataFrame:

@@ -234,7 +234,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
         kind, name = job
         with step(f"{kind} {name}"):
             if kind == "channel":
-                return fit_model(name, cfg, train, depth + cfg.filters.reserve)
+                return fit_model(name, cfg, train, depth + cfg.filters.reserve, tables=False)
             started = time.perf_counter()
             return methods[name](train, users, depth), time.perf_counter() - started
 
@@ -332,7 +332,8 @@ def analyse(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData, 
                           for name, hits, uniq in frame.select(A.CHANNEL, "hits", "unique_hits").iter_rows()}
     gains = A.marginal_gains(candidates, quotas,
                              merge=lambda cands, q: merge_with_quotas(cfg, cands, train, q),
-                             score=lambda merged: metrics(merged, targets, ks, n_items))
+                             score=lambda merged: metrics(merged, targets, ks, n_items),
+                             workers=cfg.run.workers)
     return {
         "channels": names,
         "overlap": overlap,

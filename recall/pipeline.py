@@ -80,23 +80,28 @@ class FittedChannel:
     candidates: pl.DataFrame | None = None
 
 
-def fit_model(name: str, cfg: Config, train: TrainData, n: int | None = None) -> FittedChannel:
-    """Fit one channel and build its user-independent tables (i2i, extras); with ``n``, also its
-    candidates (``n`` per user) for every user."""
+def fit_model(name: str, cfg: Config, train: TrainData, n: int | None = None, *,
+              tables: bool = True) -> FittedChannel:
+    """Fit one channel and build its user-independent tables (i2i, extras; not with ``tables``
+    False, as evaluation and tuning read only candidates); with ``n``, also its candidates
+    (``n`` per user) for every user."""
     channel = get_channel(name)(cfg.channels.get(name))
     started = time.perf_counter()
     channel.fit(train)
     fault_point(f"channel:{name}")
-    i2i = channel.similar_items(train)
-    extra = channel.extra_tables(train)
+    # An embedding channel's i2i table is ~100 rows per catalogue item: seconds to rank and
+    # convert, wasted on a fit whose tables nobody reads.
+    i2i = channel.similar_items(train) if tables else None
+    extra = channel.extra_tables(train) if tables else {}
     candidates = None if n is None else channel.recommend(train, n)
     return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started, channel.facts(), candidates)
 
 
 def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
-                 n: int | None = None, *, recommend: bool = True,
+                 n: int | None = None, *, recommend: bool = True, tables: bool = True,
                  failures: list[dict] | None = None) -> dict[str, FittedChannel]:
-    """Fit channels, each with its candidates for every user unless ``recommend`` is False.
+    """Fit channels, each with its candidates for every user unless ``recommend`` is False (and
+    its i2i and extra tables unless ``tables`` is False).
 
     Each lists the budget plus the filters' reserve unless ``n`` is given. With a
     ``failures`` list, a channel in ``run.optional_channels`` that fails is recorded
@@ -111,7 +116,7 @@ def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step
         label = f"channel {name}" if recommend else f"fit {name}"
         tolerate = tolerated(cfg, f"channel:{name}", failures) if failures is not None else contextlib.nullcontext()
         with step(label), tolerate:
-            return fit_model(name, cfg, train, depth)
+            return fit_model(name, cfg, train, depth, tables=tables)
         return None  # failed, and tolerated
 
     fitted = in_threads(fit, costliest_first(names), cfg.run.workers)

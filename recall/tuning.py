@@ -589,7 +589,7 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
         with step("channel parameter search"):
             cfg, params = search_channel_params(cfg, validations, settings.metric, k)
     for validation in validations:
-        outputs = fit_channels(cfg, validation.train, names, step)
+        outputs = fit_channels(cfg, validation.train, names, step, tables=False)
         validation.candidates = {n: o.candidates for n, o in outputs.items()}
     score = quota_scorer(cfg, validations, settings.metric, k)
     configured = {n: q for n, q in cfg.quotas().items() if n in names}

@@ -122,8 +122,8 @@ def brute_recall(merged: dict[int, list], targets: dict[int, set], k: int) -> fl
     return sum(len(set(merged.get(u, [])[:k]) & wanted) / len(wanted) for u, wanted in targets.items()) / len(targets)
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_marginal_gain_is_merge_with_minus_merge_without(seed):
+@pytest.mark.parametrize("seed, workers", [(0, 1), (1, 1), (2, 1), (0, 3)])
+def test_marginal_gain_is_merge_with_minus_merge_without(seed, workers):
     lists, targets = random_lists(seed), random_targets(seed)
     quotas, budget, ks = {"a": 3, "b": 2, "c": 1}, 6, [3, 6]
 
@@ -131,7 +131,7 @@ def test_marginal_gain_is_merge_with_minus_merge_without(seed):
         return merge_channels(cands, q, budget)
 
     gains = A.marginal_gains(to_frames(lists), quotas, merge,
-                             lambda merged: metrics(merged, target_frame(targets), ks, 30))
+                             lambda merged: metrics(merged, target_frame(targets), ks, 30), workers=workers)
     for name in CHANNELS:
         rest = {n: lists[n] for n in CHANNELS if n != name}
         renorm = A.renormalise({n: quotas[n] for n in rest}, sum(quotas.values()))

@@ -53,6 +53,17 @@ def test_csr_to_frame_ranks_by_score_then_column():
     assert frame.rows() == [(10, 2, 5.0, 1), (10, 1, 2.0, 2), (10, 3, 2.0, 3), (11, 0, 1.0, 1)]
 
 
+def test_csr_to_frame_matches_a_brute_force_ranking_with_ties():
+    rng = np.random.default_rng(3)
+    dense = rng.integers(0, 4, size=(40, 30)).astype(np.float64) / 2  # many ties, many zeros
+    frame = csr_to_frame(sp.csr_matrix(dense), pl.Series(range(40)), pl.Series(range(30)), "a", "b")
+    expected = []
+    for r in range(40):
+        ranked = sorted((c for c in range(30) if dense[r, c] > 0), key=lambda c: (-dense[r, c], c))
+        expected += [(r, c, dense[r, c], rank) for rank, c in enumerate(ranked, 1)]
+    assert frame.rows() == expected
+
+
 def test_row_normalise_max():
     m = row_normalise_max(sp.csr_matrix(np.array([[0, 2.0, 4.0], [0, 0, 0], [3.0, 0, 0]])))
     np.testing.assert_allclose(m.toarray(), [[0, 0.5, 1.0], [0, 0, 0], [1.0, 0, 0]])
