@@ -70,9 +70,10 @@ def test_ease_weights_match_numpy_closed_form():
     np.testing.assert_allclose(expected[others, j], beta, atol=1e-8)
 
 
-def test_ease_lists_follow_the_scores_and_skip_seen_items(train):
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-9), (np.float32, 1e-5)])
+def test_ease_lists_follow_the_scores_and_skip_seen_items(train, dtype, rtol):
     users = train.user_ids
-    got = B.ease(train, users, 4, lam=10.0)
+    got = B.ease(train, users, 4, lam=10.0, dtype=dtype)
     x = train.interactions.toarray().astype(np.float64)
     weights = ease_weights(sp.csr_matrix(x), 10.0)
     scores = x @ weights
@@ -80,5 +81,5 @@ def test_ease_lists_follow_the_scores_and_skip_seen_items(train):
     for u, user in enumerate(users.to_list()):
         mine = got.filter(pl.col(S.USER) == user).sort(S.RANK)
         expected = np.sort(scores[u][np.isfinite(scores[u])])[::-1][:4]
-        np.testing.assert_allclose(mine[S.SCORE].to_numpy(), expected, rtol=1e-9)
+        np.testing.assert_allclose(mine[S.SCORE].to_numpy(), expected, rtol=rtol)
         assert not set(mine[S.ITEM].to_list()) & set(train.item_ids.gather(np.flatnonzero(x[u])).to_list())

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recall.corpus import WalkParams, neighbour_fill, walk_corpus, walk_starts
+from recall.corpus import WalkParams, neighbour_fill, walk_corpus, walk_plan, walk_starts
 from recall.graph import GraphParams
 
 
@@ -44,6 +44,36 @@ def test_min_walks_floor_min_degree_and_per_node_sizing():
     assert counts.tolist() == [3, 3, 3, 0, 0]
 
 
+def test_floor_walks_are_short_and_the_budget_walks_full_length():
+    graph = star_graph()
+    p = WalkParams(walks_per_transition=2.0, min_walks=1, min_walks_per_item=5, walk_length=8, floor_walk_length=3)
+    starts, lengths = walk_plan(graph, p, seed=0)
+    # Budget 2 x 45 = 90 walks: shares 80, 8 and 2 (exact); node 2 tops up to 5 with 3 floor walks.
+    full = np.bincount(starts[lengths == 8], minlength=5)
+    short = np.bincount(starts[lengths == 3], minlength=5)
+    assert full.tolist() == [80, 8, 2, 0, 0] and short.tolist() == [0, 0, 3, 0, 0]
+    # The lengths change no start: the same walks, in the same order, as at full length.
+    assert starts.tolist() == walk_starts(graph, p.model_copy(update={"floor_walk_length": None}), 0).tolist()
+    assert (walk_plan(graph, p.model_copy(update={"floor_walk_length": None}), 0)[1] == 8).all()
+
+
+def test_corpus_cuts_floor_walks_after_drawing_them():
+    from recall.context import TrainData
+    from tests.test_eges import planted
+
+    data = TrainData.build(planted(), seed=1)
+    settings = dict(walk_length=10, min_walks=50, walks_per_transition=0.01, min_walks_per_item=3)
+    long = walk_corpus(data, GraphParams(), WalkParams(**settings, floor_walk_length=None)).walks
+    cut = walk_corpus(data, GraphParams(), WalkParams(**settings, floor_walk_length=4)).walks
+    graph = walk_corpus(data, GraphParams(), WalkParams(**settings)).graph
+    _, lengths = walk_plan(graph, WalkParams(**settings, floor_walk_length=4), data.seed)
+    assert (lengths == 4).sum() > 0 and (lengths == 10).sum() > 0
+    short = lengths == 4
+    np.testing.assert_array_equal(cut[~short], long[~short])
+    np.testing.assert_array_equal(cut[short, :4], long[short, :4])
+    assert (cut[short, 4:] == -1).all()
+
+
 def test_neighbour_fill_is_the_weighted_mean_of_neighbours_with_vectors():
     graph = star_graph()
     vectors = np.array([[1, 0], [0, 1], [0, 0], [0, 0], [0, 0]], dtype=np.float32)
@@ -63,9 +93,11 @@ def test_deepwalk_and_eges_share_one_corpus():
     from tests.test_eges import planted
 
     data = TrainData.build(planted(), seed=1)
-    settings = dict(walk_length=8, min_walks=200, session_gap_hours=1.0)
+    settings = dict(walk_length=8, min_walks=200, session_gap_hours=1.0, floor_walk_length=None)
     deepwalk = DeepWalk(DeepWalk.Params(**settings))
     eges = EGES(EGES.Params(**settings))
     assert eges.walks(data) is deepwalk.walks(data)
+    # By default EGES keeps full-length floor walks, DeepWalk cuts them: two corpora.
+    assert EGES(EGES.Params()).walks(data) is not DeepWalk(DeepWalk.Params()).walks(data)
     other = walk_corpus(data, GraphParams(session_gap_hours=1.0), WalkParams(walk_length=8, min_walks=300))
     assert other.walks is not deepwalk.walks(data) and other.walks.shape[0] >= 300
