@@ -9,10 +9,10 @@ transitions). Here the walk starts follow the data instead:
 * the budget is ``walks_per_transition`` walks per unit of out-strength (one
   session transition i -> j is one unit of weight of the item graph), at least
   ``min_walks`` in all, so the corpus grows with the events (``min_walks_per_item``
-  adds a floor per item with out-edges, for sparse logs where one-off items carry the signal; those floor walks are only
-  ``floor_walk_length`` long, a skip-gram window past their start, since they
-  exist for their start item's context: on the Taobao 84k log they are most
-  of the walks, and full length they were most of the tokens);
+  adds a floor per item with out-edges, for sparse logs where one-off items
+  carry the signal; ``floor_walk_length`` can cut those floor walks short,
+  which on the Taobao 84k log halves the corpus but cost DeepWalk test recall,
+  so they are full length by default);
 * node v starts ``B s_v / S`` walks in expectation (``s_v`` its out-strength,
   ``S`` the total, ``B`` the budget): the integer part always, one more with
   the probability of the fractional part (seeded), so the starts are exactly
@@ -60,12 +60,13 @@ class WalkParams(BaseModel):
     walks_per_node: int | None = Field(None, ge=1, description="if set, the per-node sizing instead: this many "
                                                                "walks from every item with an out-edge")
     walk_length: int = Field(20, ge=2, description="items per walk, the start included")
-    # 6 = a skip-gram window of 5 plus the start: the short walks keep every pair their start item
-    # takes part in and drop only the pairs further along, which the full walks already supply.
-    # On pooled validation windows DeepWalk / Node2Vec R@200 0.0028 / 0.0029 vs 0.0031 / 0.0028 at
-    # full length (taobao-84k, about one hit), at half the tokens (BENCHMARKS.md). EGES keeps full length.
-    floor_walk_length: int | None = Field(6, ge=2, description="items per walk of the walks started only "
-                                                              "to meet min_walks_per_item (None: walk_length)")
+    # None: cutting the floor walks to 6 items (the start and a skip-gram window of 5) halves the
+    # Taobao 84k corpus and held pooled validation recall within a hit, but on the test window
+    # DeepWalk's R@200 fell from 0.0073 to 0.0019 and Node2Vec's from 0.0054 to 0.0032 (BENCHMARKS.md):
+    # on a sparse graph the floor walks are most of every item's context, not just their start's.
+    floor_walk_length: int | None = Field(None, ge=2, description="items per walk of the walks started only to "
+                                                                 "meet min_walks_per_item (None: walk_length); "
+                                                                 "shorter is cheaper on sparse logs, at a cost")
 
 
 @dataclass(frozen=True)

@@ -93,11 +93,9 @@ def test_deepwalk_and_eges_share_one_corpus():
     from tests.test_eges import planted
 
     data = TrainData.build(planted(), seed=1)
-    settings = dict(walk_length=8, min_walks=200, session_gap_hours=1.0, floor_walk_length=None)
+    settings = dict(walk_length=8, min_walks=200, session_gap_hours=1.0)
     deepwalk = DeepWalk(DeepWalk.Params(**settings))
     eges = EGES(EGES.Params(**settings))
     assert eges.walks(data) is deepwalk.walks(data)
-    # By default EGES keeps full-length floor walks, DeepWalk cuts them: two corpora.
-    assert EGES(EGES.Params()).walks(data) is not DeepWalk(DeepWalk.Params()).walks(data)
     other = walk_corpus(data, GraphParams(session_gap_hours=1.0), WalkParams(walk_length=8, min_walks=300))
     assert other.walks is not deepwalk.walks(data) and other.walks.shape[0] >= 300

@@ -104,11 +104,6 @@ class EGESParams(DeepWalkParams):
     # 64, not DeepWalk's 32: at 32 EGES lost validation recall on ml-100k (0.206 vs 0.219) and
     # taobao-84k (0.0067 vs 0.0105) (BENCHMARKS.md).
     dim: int = Field(64, ge=2, description="vector dimension (the ID and every side-value embedding)")
-    # Full-length floor walks, unlike DeepWalk's and Node2Vec's: cut to 6 or 10 items, EGES's pooled
-    # taobao-84k validation recall fell to 0.0095 and 0.0089 from 0.0105, and to 0.2152 from 0.2192 on
-    # ml-100k (BENCHMARKS.md). So EGES keeps its own corpus instead of sharing DeepWalk's.
-    floor_walk_length: int | None = Field(None, ge=2, description="items per walk of the floor walks "
-                                                                  "(None: walk_length)")
     # Adam on the input side and SGD on the context table need 5 epochs for the loss that Adam on
     # every table reached in 3, at about a third of the cost per pair (BENCHMARKS.md, issue 15).
     epochs: int = Field(5, ge=1, description="passes over the walks")
