@@ -144,8 +144,10 @@ def walk_corpus(data: TrainData, graph_params: GraphParams, p: WalkParams, node2
         else:
             walks = node2vec_walks(graph, 1, p.walk_length, node2vec[0], node2vec[1], data.seed,
                                    start_nodes=starts)
-        # Floor walks are cut short after the fact, so every walk's prefix is the same draw.
-        walks[np.arange(walks.shape[1]) >= lengths[:, None]] = -1
+        short = np.flatnonzero(lengths < walks.shape[1])
+        if short.size:  # none by default: no mask the size of the corpus
+            # Floor walks are cut short after the fact, so every walk's prefix is the same draw.
+            walks[short] = np.where(np.arange(walks.shape[1]) >= lengths[short, None], -1, walks[short])
         return WalkCorpus(graph=graph, walks=walks)
 
     return data.shared(("walk corpus", graph_json, p.model_dump_json(), node2vec), build)
