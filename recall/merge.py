@@ -69,7 +69,7 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     depths = first_pass_depths({name: quotas[name] for name in names}, budget, capped, FIRST_PASS_REACH)
     read = {name: f.filter(pl.col(S.RANK) <= depths[name]) for name, f in frames.items()}
     merged = _merge_pass(read, quotas, budget, capped, dtypes)
-    unread = pl.concat([f.filter(pl.col(S.RANK) > depths[name]).select(pl.col(S.USER).cast(dtypes[S.USER]))
+    unread = pl.concat([f.filter(pl.col(S.RANK) > depths[name]).select(pl.col(S.USER).cast(dtypes[S.USER])).unique()
                         for name, f in frames.items()]).unique()
     filled = merged.group_by(S.USER).len().filter(pl.col("len") >= budget).select(S.USER)
     deeper = unread.join(filled, on=S.USER, how="anti")
@@ -285,7 +285,9 @@ def user_batches(candidates: Mapping[str, pl.DataFrame], size: int) -> list[dict
     """
     if not candidates:
         return [dict(candidates)]
-    users = (pl.concat([f.select(S.USER) for f in candidates.values()], how="vertical_relaxed")[S.USER]
+    # Each table's distinct users first: a much smaller concatenation to deduplicate (0.26 s vs 0.85 s
+    # on a 5M-log shard of 75M rows).
+    users = (pl.concat([f.select(S.USER).unique() for f in candidates.values()], how="vertical_relaxed")[S.USER]
              .unique().sort())
     if users.len() <= size:
         return [dict(candidates)]
