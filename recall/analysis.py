@@ -26,13 +26,13 @@ least one target) from K-truncated lists (``rank <= K``):
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import polars as pl
 
 from recall import schema as S
 from recall.sections import SegmentsConfig
+from recall.threads import in_threads
 
 CHANNEL = "channel"
 OTHER = "other"
@@ -146,8 +146,7 @@ def marginal_gains(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
         return score(merge({n: candidates[n] for n in rest},
                            rest_quotas if name is None else renormalise(rest_quotas, total)))
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        scores = dict(zip(left_out, pool.map(merged_without, left_out)))
+    scores = in_threads(merged_without, left_out, workers)
     full = scores[None]
     return {name: {k: {m: full[k][m] - scores.get(name, full)[k][m] for m in full[k]} for k in full}
             for name in names}

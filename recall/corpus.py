@@ -113,11 +113,12 @@ def walk_plan(graph: sp.csr_matrix, p: WalkParams, seed: int) -> tuple[np.ndarra
         share += rng.random(expected.size) < expected - share
         counts = np.where(strength > 0, np.maximum(share, p.min_walks_per_item), 0)
         starts = np.repeat(np.arange(graph.shape[0], dtype=np.int64), counts)
-        # A node's first `share` walks are its share of the budget, the rest its floor walks.
-        floor_walks = np.flatnonzero(np.arange(starts.size) - np.repeat(np.cumsum(counts) - counts, counts)
-                                     >= np.repeat(np.minimum(share, counts), counts))
+        if (p.floor_walk_length or p.walk_length) < p.walk_length:
+            # A node's first `share` walks are its share of the budget, the rest its floor walks.
+            floor_walks = np.flatnonzero(np.arange(starts.size) - np.repeat(np.cumsum(counts) - counts, counts)
+                                         >= np.repeat(share, counts))
     lengths = np.full(starts.size, p.walk_length, dtype=np.int32)
-    lengths[floor_walks] = min(p.walk_length, p.floor_walk_length or p.walk_length)
+    lengths[floor_walks] = p.floor_walk_length or p.walk_length
     # Shuffled, so a hub's many walks are spread over the corpus (gensim's learning rate
     # decays along it) rather than trained back to back.
     order = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x5EED,))).permutation(starts.size)

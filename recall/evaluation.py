@@ -34,8 +34,9 @@ from recall import schema as S
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset
-from recall.pipeline import Step, costliest_first, fit_model, in_threads, merge_outputs, no_progress
+from recall.pipeline import Step, costliest_first, fit_model, merge_outputs, no_progress
 from recall.split import REPEAT, Split, eligible_users, target_pairs, time_split, user_split
+from recall.threads import in_threads
 
 if TYPE_CHECKING:
     from recall.config import Config, EvalConfig

@@ -10,7 +10,6 @@ from the channels that worked.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import datetime as dt
 import functools
@@ -41,6 +40,7 @@ from recall.merge import merge_channels, user_batches
 from recall.meter import StageMeter
 from recall.publish import OutputLock, fault_point, output_lock, publish, resolve_run
 from recall.shards import shard_of, user_shards
+from recall.threads import in_threads
 
 log = logging.getLogger("recall")
 Step = Callable[[str], contextlib.AbstractContextManager]
@@ -127,27 +127,6 @@ def costliest_first(names: Iterable[str]) -> list[str]:
     """Channel names by ``Channel.fit_cost``, highest first (ties keep their order): started first on
     a thread pool, the long fits overlap everything else instead of ending last."""
     return sorted(names, key=lambda name: -get_channel(name).fit_cost)
-
-
-def in_threads(function: Callable, keys: list, workers: int) -> dict:
-    """``{key: function(key)}``, calls started in the order of ``keys``, ``workers`` at a time.
-
-    The first exception is raised once the calls already running have finished;
-    calls not yet started are dropped.
-    """
-    if workers <= 1 or len(keys) <= 1:
-        return {key: function(key) for key in keys}
-    with concurrent.futures.ThreadPoolExecutor(min(workers, len(keys))) as pool:
-        futures = {key: pool.submit(function, key) for key in keys}
-        done, _ = concurrent.futures.wait(futures.values(), return_when=concurrent.futures.FIRST_EXCEPTION)
-        if any(future.exception() is not None for future in done):
-            for future in futures.values():
-                future.cancel()
-            concurrent.futures.wait(futures.values())
-            for future in futures.values():
-                if not future.cancelled() and future.exception() is not None:
-                    raise future.exception()
-        return {key: future.result() for key, future in futures.items()}
 
 
 def locked(cfg: Config) -> contextlib.AbstractContextManager[OutputLock]:

@@ -13,7 +13,8 @@ from recall import schema as S
 from recall.config import load_config
 from recall.context import TrainData
 from recall.io import write_dataset
-from recall.pipeline import in_threads, run
+from recall.pipeline import run
+from recall.threads import in_threads
 from recall.synth import synthesize
 from tests.conftest import REPO
 
