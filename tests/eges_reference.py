@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from recall.channels.eges_train import EGESTables, compact, draw_negatives, keep_probability
+from recall.channels.eges_train import EGESTables
+from recall.sgns import compact, draw_negatives, keep_probability
 from recall.channels.side_info import SideInfo
 from recall.errors import RecallError
 

@@ -13,14 +13,14 @@ import pytest
 import tests.test_contract as contract
 from recall import schema as S
 from recall.channels import CHANNELS
-from recall.channels.eges import (EGES, GES, EGESParams, GESParams, centre_contexts, compact, draw_negatives,
-                                  final_vectors, keep_probability, side_info, train)
+from recall.channels.eges import EGES, GES, EGESParams, GESParams, final_vectors, side_info, train
 from recall.channels.eges_train import EGESOptimiser, LazyAdam, step
 from tests import eges_reference as reference
 from tests.eges_reference import build_model, sparse_adam, window_pairs
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset, load_dataset, normalise_events
+from recall.sgns import centre_contexts, compact, draw_negatives, keep_probability
 from tests.conftest import REPO, random_log
 
 torch = pytest.importorskip("torch")

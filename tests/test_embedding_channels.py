@@ -21,7 +21,7 @@ from tests.conftest import random_log
 N = 7
 CHANNEL_CASES = [(Item2Vec, {}), (DeepWalk, {}), (Node2Vec, {}), (Node2Vec, dict(retrieval="user_vector")),
                  (Item2Vec, dict(session_gap_hours=1.0, retrieval="user_vector", user_vector_half_life_days=2.0)),
-                 (DeepWalk, dict(ann="hnsw", faiss_threads=1))]
+                 (DeepWalk, dict(ann="hnsw", faiss_threads=1)), (DeepWalk, dict(trainer="gensim"))]
 IDS = [f"{c.name}-{','.join(p) or 'default'}" for c, p in CHANNEL_CASES]
 
 
@@ -205,10 +205,11 @@ def clustered_log(seed: int) -> Dataset:
     return Dataset(normalise_events(frame, "<clusters>"))
 
 
-@pytest.mark.parametrize("cls", [Item2Vec, DeepWalk, Node2Vec])
-def test_planted_clusters_are_neighbours(cls):
+@pytest.mark.parametrize(("cls", "params"), [(Item2Vec, {}), (DeepWalk, {}), (Node2Vec, {}),
+                                             (DeepWalk, dict(trainer="gensim"))])
+def test_planted_clusters_are_neighbours(cls, params):
     train = TrainData.build(clustered_log(0), seed=1)
-    channel = cls(cls.Params(dim=16, epochs=5, top_k=5)).fit(train)
+    channel = cls(cls.Params(dim=16, epochs=5, top_k=5, **params)).fit(train)
     table = channel.similar_items(train)
     assert table[S.ITEM].n_unique() == 40
     cluster = (pl.col(S.ITEM) >= 100) == (pl.col(S.NEIGHBOR) >= 100)

@@ -54,7 +54,8 @@ learning rate decays linearly from ``learning_rate`` to ``min_learning_rate``.
 With the same graph and walk settings and seed, EGES walks are exactly the
 ``deepwalk`` channel's walks.
 
-Implementation (:mod:`recall.channels.eges_train`): PyTorch on CPU with
+Implementation (:mod:`recall.channels.eges_train` on :mod:`recall.sgns`, the
+batched trainer DeepWalk and Node2Vec use too): PyTorch on CPU with
 hand-written gradients, no autograd. A batch is a set of centre positions of
 the walks with all their contexts, so ``H_v`` is computed once per centre for
 all its pairs; the centres of a batch share ``shared_negatives`` negatives,
@@ -82,8 +83,7 @@ import numpy as np
 from pydantic import Field
 
 from recall.channels.deepwalk import DeepWalkParams
-from recall.channels.eges_train import (EGESTables, TrainResult, centre_contexts, compact, draw_negatives,
-                                        final_vectors, keep_probability, train)
+from recall.channels.eges_train import EGESTables, TrainResult, final_vectors, train
 from recall.channels.side_info import (SideInfo, column_kind, dense_codes, field_tokens, quantile_codes,
                                        select_side_columns, side_info)
 from recall.context import TrainData
@@ -117,16 +117,12 @@ class EGESParams(DeepWalkParams):
                                               "word2vec's workers); only 1 is bit-reproducible")
     attention: bool = Field(True, description="learn per-item attention over the fields (EGES); false: equal "
                                               "fixed weights (GES)")
-    batch_size: int = Field(4096, ge=1, description="pairs per optimiser step, about (smaller: more updates, "
-                                                    "slower)")
     # 256 shared by the ~800 centres of a 4096-pair batch: one matmul; 1024 learns a little faster
     # per pair (epoch-1 loss 2.27 vs 2.61) at half the speed (BENCHMARKS.md, issue 15).
     shared_negatives: int = Field(256, ge=1, description="negatives shared by the centres of a batch (each weighs "
                                                          "negative / shared_negatives per pair)")
-    shrink_window: bool = Field(True, description="draw each centre's window from 1..window, as word2vec "
-                                                  "(fewer pairs, near contexts weigh more)")
-    walk_block: int = Field(20_000, ge=1, description="walks whose pairs are generated at once (memory: "
-                                                      "about 2 x window x walk_length x this many contexts)")
+    trainer: Literal["batched"] = Field("batched", description="EGES always trains with its own batched "
+                                                               "trainer (recall.channels.eges_train)")
     cold_weights: Literal["mean", "attention"] = Field(
         "mean", description="cold items: mean of their side-field embeddings (the paper), or fields weighted "
                             "by the mean attention of trained items")
@@ -186,6 +182,6 @@ class GES(EGES):
     Params = GESParams
 
 
-__all__ = ["EGES", "EGESParams", "EGESTables", "GES", "GESParams", "SideInfo", "TrainResult", "centre_contexts",
-           "column_kind", "compact", "dense_codes", "draw_negatives", "field_tokens", "final_vectors",
-           "keep_probability", "quantile_codes", "select_side_columns", "side_info", "train"]
+__all__ = ["EGES", "EGESParams", "EGESTables", "GES", "GESParams", "SideInfo", "TrainResult", "column_kind",
+           "dense_codes", "field_tokens", "final_vectors", "quantile_codes", "select_side_columns", "side_info",
+           "train"]

@@ -3,24 +3,16 @@
 The model is EGES as published (Wang et al., KDD 2018, section 2.4; see
 :mod:`recall.channels.eges`): ``H_v = sum_j softmax(a_v)_j W_j(v)``, a context
 table ``Z``, and for a centre v with context u the loss
-``-log sigma(H_v . Z_u) - sum_k log sigma(-H_v . Z_{n_k})``. What makes it fast:
-
-**Centre-major batches.** A batch is a set of centre positions of the walks,
-each with its up to ``2 window`` contexts (word2vec's shrunk window,
-``1 .. window`` per centre). ``H_v`` is computed once per centre and serves all
-its pairs, as in word2vec, instead of once per pair.
-
-**Shared negatives, as one matmul.** All centres of a batch share one set of
-``shared_negatives`` negatives drawn from ``count^ns_exponent``; their scores are
-one matrix product (centres x negatives). A centre with ``n`` pairs weighs each
-shared negative ``n K / S`` (K = ``negative``, S = ``shared_negatives``), so the
-expected loss and gradient equal those of K independent negatives per pair;
-only their variance differs (smaller: S > K distinct negatives per centre).
+``-log sigma(H_v . Z_u) - sum_k log sigma(-H_v . Z_{n_k})``. The batches
+(centre-major, shared negatives as one matmul), the producer thread and the
+Hogwild trainer threads are :mod:`recall.sgns`'s, shared with DeepWalk and
+Node2Vec; this module adds what is EGES's own:
 
 **Hand-written gradients.** The forward quantities are reused for the backward
 pass (``sigma(s) - 1`` for positives, ``sigma(s)`` for negatives; the chain rule
 through the attention softmax in closed form), so a step is some 30 tensor
-operations and nothing is recorded for autograd.
+operations and nothing is recorded for autograd. ``H_v`` is computed once per
+centre for all its pairs.
 
 **Adam on the input side, word2vec's SGD on the context table.** The ID and
 side-value embeddings and the attention logits (the EGES part: a category row
@@ -34,35 +26,21 @@ about 3x the pairs per second of Adam on every table, and 5 epochs reach the
 loss Adam reached in 3 (BENCHMARKS.md, issue 15); plain SGD on the input side
 diverges at the step sizes that learn as fast (shared side rows).
 
-**A producer thread.** Walk blocks are down-sampled, windowed and turned into
-batches (centres, contexts, negatives) by numpy in a second thread while torch
-trains on the previous block; numpy and torch both release the GIL. Batches
-come in a fixed order from one seeded generator, so with ``workers = 1`` the
-result does not depend on timing and is bit-reproducible.
-
-**Hogwild trainer threads.** ``workers > 1`` runs that many trainer threads,
-each taking the next batch from the producer and updating the shared tables
-without locks, as word2vec's and gensim's workers do (Recht et al., "Hogwild!",
-NIPS 2011: sparse updates rarely collide, and a collision loses one row's
-update). Each torch op runs on its calling thread, so two workers use two
+Each torch op runs on its calling thread, so two Hogwild workers use two
 cores, where more intra-op threads for one trainer gained 1.2x (an op on a
-4,096-pair batch is too small to split well). The batches and the learning-rate
-schedule are the same; the order the updates land in is not, so the tables
-differ run to run (as gensim's with several workers).
+4,096-pair batch is too small to split well).
 """
 
 from __future__ import annotations
 
 import math
-import queue
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from recall.channels.side_info import SideInfo
-from recall.errors import RecallError
+from recall.sgns import Batch, Vocabulary, run_batches
 
 
 @dataclass
@@ -93,75 +71,6 @@ class TrainResult:
     seconds: float              # training wall time (batch generation included)
 
 
-def compact(walks: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Walks with the tokens where ``keep`` is false removed and the rest shifted left (-1 padded).
-
-    As word2vec drops a down-sampled or out-of-vocabulary word from its sentence
-    before windowing, the neighbours of a removed token become each other's contexts.
-    """
-    keep = keep & (walks >= 0)
-    position = np.cumsum(keep, axis=1) - 1
-    out = np.full(walks.shape, -1, dtype=walks.dtype)
-    rows = np.broadcast_to(np.arange(walks.shape[0])[:, None], walks.shape)
-    out[rows[keep], position[keep]] = walks[keep]
-    return out
-
-
-def keep_probability(counts: np.ndarray, sample: float) -> np.ndarray:
-    """word2vec's down-sampling: P(keep) = (sqrt(c / t) + 1) t / c with t = sample x total, capped at 1."""
-    if sample <= 0:
-        return np.ones(counts.size)
-    threshold = sample * counts.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        probability = (np.sqrt(counts / threshold) + 1.0) * threshold / counts
-    return np.where(counts > 0, np.minimum(probability, 1.0), 0.0)
-
-
-def draw_negatives(cdf: np.ndarray, size: int | tuple, rng: np.random.Generator) -> np.ndarray:
-    """Items drawn from the distribution with cumulative probabilities ``cdf`` (int64).
-
-    Item i is the smallest with ``cdf[i] > u`` for a uniform u, as
-    ``searchsorted(cdf, u, side="right")`` would give, but found by a guide
-    table (Chen & Asau's indexed search): with ``m = len(cdf)`` buckets,
-    ``guide[k]`` is the answer for ``u = k / m``, so each draw starts at
-    ``guide[floor(u m)]`` and steps forward only past the items whose cdf falls
-    inside its bucket, about one step on average, instead of a binary search
-    of ``log2(m)`` cache-missing steps.
-    """
-    u = rng.random(size)
-    m = cdf.size
-    guide = np.minimum(np.searchsorted(cdf, np.arange(m) / m, side="right"), m - 1)
-    found = guide[np.minimum((u * m).astype(np.int64), m - 1)]
-    pending = np.flatnonzero((cdf[found] <= u) & (found < m - 1))
-    flat, values = found.reshape(-1), u.reshape(-1)
-    while pending.size:
-        flat[pending] += 1
-        pending = pending[(cdf[flat[pending]] <= values[pending]) & (flat[pending] < m - 1)]
-    return found
-
-
-def centre_contexts(walks: np.ndarray, window: int, reach: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Every centre position of -1-padded walks with its contexts: ``(centres (M,), contexts (M, 2 window))``.
-
-    Context column ``j`` is the position ``t - window + j`` (``j < window``) or
-    ``t + j - window + 1``; it is -1 where that position is padding, outside the
-    walk or beyond the centre's ``reach`` (word2vec's shrunk window). Centres
-    without any context are left out.
-    """
-    n, length = walks.shape
-    padded = np.full((n, length + 2 * window), -1, dtype=np.int32)
-    padded[:, window:window + length] = walks
-    offsets = np.r_[np.arange(-window, 0), np.arange(1, window + 1)]
-    valid = walks >= 0
-    rows, cols = np.nonzero(valid)
-    contexts = padded[rows[:, None], cols[:, None] + window + offsets]
-    if reach is not None:
-        contexts[np.abs(offsets)[None, :] > reach[rows, cols][:, None]] = -1
-    keep = (contexts >= 0).any(axis=1)
-    return walks[rows[keep], cols[keep]].astype(np.int64), contexts[keep]
-
-
 def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
     """Skip-gram with negative sampling over the walks (see the module docstring); ``p`` is an ``EGESParams``.
 
@@ -175,15 +84,8 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
     import torch
 
     started = time.perf_counter()
-    walks = np.asarray(walks)
-    if walks.ndim != 2:
-        raise RecallError("walks must be a 2-d array (walks x length)")
-    n_items, dim = side.n_items, p.dim
-    counts = np.bincount(walks[walks >= 0].ravel(), minlength=n_items)
-    if p.min_count > 1:
-        walks = compact(walks, counts[np.maximum(walks, 0)] >= p.min_count)
-        counts = np.where(counts >= p.min_count, counts, 0)
-    trained = counts > 0
+    vocabulary = Vocabulary.of(walks, side.n_items, p.min_count, p.ns_exponent, p.sample)
+    n_items, dim, trained = side.n_items, p.dim, vocabulary.trained
     generator = torch.Generator().manual_seed(seed)
     # word2vec's initialisation: small random inputs, zero outputs. One extra context row
     # (index n_items) stands for "no context" and is never updated.
@@ -195,100 +97,18 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
                         logits=None if logits is None else logits.numpy())
     if not trained.any():
         return TrainResult(tables, trained, [], 0, time.perf_counter() - started)
-    weights = np.where(trained, counts.astype(np.float64) ** p.ns_exponent, 0.0)
-    cdf = np.cumsum(weights) / weights.sum()
-    cdf[np.flatnonzero(weights)[-1]:] = 1.0  # rounding must not leave room for a draw past the last item
-    keep = keep_probability(counts.astype(np.float64), p.sample)
-
     tokens = torch.from_numpy(side.tokens)
     within = torch.from_numpy(side.within)
     column_field = torch.from_numpy(side.column_field)
     field_onehot = torch.nn.functional.one_hot(column_field, side.n_fields + 1).float()  # T x (F + 1)
     optimiser = EGESOptimiser(values, context, logits, side.pad, p.learning_rate, p.context_learning_rate)
-    shared, K = p.shared_negatives, p.negative
-    n_walks = walks.shape[0]
-    threads = torch.get_num_threads()  # restored at the end: a trainer's setting leaks to later threads
-    batches: queue.Queue = queue.Queue(maxsize=2 + 2 * p.workers)
-    stop = threading.Event()
 
-    def produce() -> None:
-        """Batches in training order: (epoch, progress, centres, contexts, pairs per centre, negatives)."""
-        rng = np.random.default_rng(seed)
-        try:
-            for epoch in range(p.epochs):
-                order = rng.permutation(n_walks)
-                for lo in range(0, n_walks, p.walk_block):
-                    block = walks[order[lo:lo + p.walk_block]]
-                    if p.sample > 0:
-                        block = compact(block, rng.random(block.shape) < keep[np.maximum(block, 0)])
-                    reach = rng.integers(1, p.window + 1, size=block.shape) if p.shrink_window else None
-                    centres, contexts = centre_contexts(block, p.window, reach)
-                    if centres.size == 0:
-                        continue
-                    shuffle = rng.permutation(centres.size)
-                    centres, contexts = centres[shuffle], contexts[shuffle]
-                    pairs_per_centre = (contexts >= 0).sum(axis=1)
-                    size = max(1, p.batch_size // max(1, int(pairs_per_centre.mean())))
-                    n_batches = -(-centres.size // size)
-                    negatives = draw_negatives(cdf, (n_batches, shared), rng)
-                    contexts = np.where(contexts >= 0, contexts, n_items).astype(np.int64)
-                    for b in range(n_batches):
-                        if stop.is_set():
-                            return
-                        part = slice(b * size, (b + 1) * size)
-                        progress = (epoch * n_walks + lo + block.shape[0] * b / n_batches) / (p.epochs * n_walks)
-                        batches.put((epoch, progress, torch.from_numpy(centres[part]),
-                                     torch.from_numpy(contexts[part]),
-                                     torch.from_numpy(pairs_per_centre[part].astype(np.float32)),
-                                     torch.from_numpy(negatives[b])))
-        finally:
-            batches.put(None)
+    def eges_step(batch: Batch, decay: float) -> tuple[float, int]:
+        return step(values, context, logits, tokens, within, column_field, field_onehot, batch.centres,
+                    batch.contexts, batch.pairs_per_centre, batch.negatives, p.negative, optimiser, decay)
 
-    epoch_loss = [0.0] * p.epochs
-    epoch_pairs = [0] * p.epochs
-    tally = threading.Lock()
-    errors: list[BaseException] = []
-
-    def consume() -> None:
-        """Train on batches until the producer's end mark, which is passed on to the other trainers."""
-        torch.set_num_threads(1)  # per thread: OpenMP keeps the thread count per calling thread
-        try:
-            with torch.no_grad():
-                while (item := batches.get()) is not None:
-                    if stop.is_set():
-                        continue  # drain: another trainer failed
-                    epoch, progress, centres, contexts, n_pairs, negatives = item
-                    decay = 1.0 + (p.min_learning_rate / p.learning_rate - 1.0) * progress
-                    loss, pairs = step(values, context, logits, tokens, within, column_field, field_onehot,
-                                       centres, contexts, n_pairs, negatives, K, optimiser, decay)
-                    with tally:
-                        epoch_loss[epoch] += loss
-                        epoch_pairs[epoch] += pairs
-            batches.put(None)
-        except BaseException as error:  # noqa: BLE001  (re-raised by train once every thread has stopped)
-            errors.append(error)
-            stop.set()
-
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    trainers = [threading.Thread(target=consume, daemon=True) for _ in range(p.workers)]
-    try:
-        for trainer in trainers:
-            trainer.start()
-        for trainer in trainers:
-            trainer.join()
-    finally:
-        stop.set()
-        while producer.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                batches.get(timeout=0.1)
-            except queue.Empty:
-                pass
-        torch.set_num_threads(threads)
-    if errors:
-        raise errors[0]
-    losses = [loss / pairs for loss, pairs in zip(epoch_loss, epoch_pairs) if pairs]
-    return TrainResult(tables, trained, losses, sum(epoch_pairs), time.perf_counter() - started)
+    losses, pairs = run_batches(vocabulary, p, seed, eges_step)
+    return TrainResult(tables, trained, losses, pairs, time.perf_counter() - started)
 
 
 def step(values, context, logits, tokens, within, column_field, field_onehot, centres, contexts, n_pairs,
@@ -354,7 +174,8 @@ class EGESOptimiser:
     def step(self, grads, decay: float) -> None:
         (value_rows, value_grads), (context_rows, context_grads), *attention = grads
         self.adam.step([(value_rows, value_grads), *attention], self.learning_rate * decay)
-        self.context.index_add_(0, context_rows, context_grads, alpha=-self.context_learning_rate * decay)
+        # Scaled first: index_add_ with alpha= is 3x slower than without (a 8k-row batch: 0.8 vs 0.25 ms).
+        self.context.index_add_(0, context_rows, context_grads * (-self.context_learning_rate * decay))
         self.context[-1] = 0.0  # the "no context" row (its gradients are masked to zero; kept exact)
 
 
@@ -425,5 +246,4 @@ def final_vectors(result: TrainResult, side: SideInfo, cold_weights: str
     return np.ascontiguousarray(vectors, dtype=np.float32), has_vector, weights
 
 
-__all__ = ["EGESOptimiser", "EGESTables", "LazyAdam", "TrainResult", "centre_contexts", "compact", "draw_negatives",
-           "final_vectors", "keep_probability", "train"]
+__all__ = ["EGESOptimiser", "EGESTables", "LazyAdam", "TrainResult", "final_vectors", "train"]
