@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python bench/bench_eges.py [--users 50000] [--items 20000] [--days 14] [--epochs 1]
-        [--workers 1 2] [--batch-sizes 1024 4096] [--max-walks 0] [--ml100k]
+        [--workers 1 2] [--batch-sizes 1024 4096] [--max-walks 0] [--ml100k] [--gensim] [--deepwalk]
+        [--data data/imported/taobao84k]
 
 The session item graph and its DeepWalk walks are built once with the default
 ``[channels.eges]`` settings of ``configs/default.toml`` (timed separately); then
@@ -13,7 +14,10 @@ and the same side information, alternating the contenders round by round. A
 pairs/s covers the whole training loop (pair generation, down-sampling,
 negative sampling, forward, backward, SparseAdam). ``--ml100k`` adds a full
 ``fit`` (graph, walks, training, faiss, i2i) of both channels on MovieLens-100K
-with ``configs/ml-100k.toml``.
+with ``configs/ml-100k.toml``. ``--deepwalk`` adds the deepwalk channel's two
+skip-gram trainers (:mod:`recall.sgns` and gensim) on the same walks with that
+channel's settings; ``--data`` takes the walks of an imported dataset instead of
+the synthetic log.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ def main() -> None:
     parser.add_argument("--channels", nargs="+", default=["eges", "ges"])
     parser.add_argument("--gensim", action="store_true",
                         help="also gensim's skip-gram (Word2Vec sg=1, as the deepwalk channel) on the same walks")
+    parser.add_argument("--deepwalk", action="store_true",
+                        help="also the deepwalk channel's two trainers (recall.sgns and gensim) with its settings "
+                             "(dim 32) on the same walks")
+    parser.add_argument("--data", default="",
+                        help="an imported dataset folder (e.g. data/imported/taobao84k) instead of the synthetic log")
     parser.add_argument("--reference", action="store_true",
                         help="also the autograd trainer the fast one replaced (tests/eges_reference.py)")
     parser.add_argument("--rounds", type=int, default=1, help="repetitions of every contender (best is kept)")
@@ -61,6 +70,7 @@ def main() -> None:
     from recall.embedding import skipgram
     from recall.graph import GraphParams, graph_stats, item_graph
     from recall.io import load_dataset
+    from recall.sgns import train_vectors
     from recall.walks import walks_to_sentences
 
     sys.path.insert(0, str(ROOT))
@@ -68,7 +78,7 @@ def main() -> None:
 
     classes = {"eges": EGES, "ges": GES}
     cfg = load_config(args.config)
-    data_dir = ensure_data(args.users, args.items, args.days, args.seed)
+    data_dir = Path(args.data) if args.data else ensure_data(args.users, args.items, args.days, args.seed)
     data = TrainData.build(load_dataset(data_dir), triggers=cfg.triggers, seed=cfg.seed)
     base = cfg.channels["eges"] if "eges" in cfg.channels else EGES.Params()
     started = time.perf_counter()
@@ -87,6 +97,7 @@ def main() -> None:
 
     results: dict[tuple, list] = {}
     gensim_runs: dict[int, list] = {}
+    deepwalk_runs: dict[tuple, list] = {}
     for round_ in range(args.rounds):
         for name in args.channels:
             for workers in args.workers:
@@ -112,6 +123,19 @@ def main() -> None:
                 seconds = time.perf_counter() - started
                 gensim_runs.setdefault(workers, []).append(seconds)
                 print(f"round {round_ + 1} gensim workers={workers}: {seconds:.1f}s", file=sys.stderr)
+        if args.deepwalk:
+            deepwalk = cfg.channels["deepwalk"]
+            for workers in args.workers:
+                params = deepwalk.model_copy(update={"epochs": args.epochs, "workers": workers})
+                result = train_vectors(walks, data.n_items, params, data.seed)
+                deepwalk_runs.setdefault(("recall.sgns", workers), []).append((result.seconds, result.pairs,
+                                                                               result.losses[-1]))
+                started = time.perf_counter()
+                skipgram(walks_to_sentences(walks), params, data.seed, data.n_items)
+                seconds = time.perf_counter() - started
+                deepwalk_runs.setdefault(("gensim", workers), []).append((seconds, result.pairs, None))
+                print(f"round {round_ + 1} deepwalk workers={workers}: recall.sgns {result.seconds:.1f}s, "
+                      f"gensim {seconds:.1f}s", file=sys.stderr)
 
     command = "python bench/bench_eges.py " + " ".join(sys.argv[1:])
     print(f"\n`{command.strip()}`\n")
@@ -136,6 +160,17 @@ def main() -> None:
             best = min(runs)
             print(f"| gensim skip-gram (ID only) | {workers} | - | ~{pairs:,} | {best:.1f} | {tokens / best:,.0f} | "
                   f"~{pairs / best:,.0f} | - |")
+
+    if deepwalk_runs:
+        print(f"\nThe deepwalk channel's trainers on the same walks (its settings: dim "
+              f"{cfg.channels['deepwalk'].dim}, shared negatives {cfg.channels['deepwalk'].shared_negatives}); "
+              f"gensim's pairs are the batched trainer's count (the same in expectation):\n")
+        print("| trainer | threads | pairs | train seconds | tokens/s | pairs/s | final loss |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for (name, workers), runs in deepwalk_runs.items():
+            seconds, pairs, loss = min(runs)
+            print(f"| {name} | {workers} | {pairs:,} | {seconds:.1f} | {tokens / seconds:,.0f} | "
+                  f"{pairs / seconds:,.0f} | {'-' if loss is None else f'{loss:.3f}'} |")
 
     if args.ml100k:
         ml_cfg = load_config(args.ml_config)
