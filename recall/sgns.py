@@ -198,8 +198,9 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
     min_learning_rate, workers``) and :class:`BatchParams`. Each epoch shuffles the
     walks and takes ``walk_block`` of them at a time: frequent items down-sampled,
     centres with their contexts generated at once, shuffled, and cut into batches
-    of about ``pairs_per_batch`` pairs (default ``batch_size``). ``step(batch, decay)`` applies one update with
-    the learning rate scaled by ``decay``, which falls linearly from 1 to
+    of about ``pairs_per_batch`` pairs (default ``batch_size``). ``step(batch,
+    decay)`` applies one update with the learning rate scaled by ``decay``, which
+    falls linearly from 1 to
     ``min_learning_rate / learning_rate`` over the walks of all epochs, as in
     word2vec; it returns the batch's summed loss and its number of pairs.
     """
@@ -321,11 +322,10 @@ def train_vectors(walks: np.ndarray, n_items: int, p, seed: int) -> SkipgramResu
     generator = torch.Generator().manual_seed(seed)
     inputs = torch.empty(n_items, p.dim).uniform_(-0.5 / p.dim, 0.5 / p.dim, generator=generator)
     context = torch.zeros(n_items + 1, p.dim)  # row n_items stands for "no context" and stays zero
-    losses, pairs = [], 0
-    if vocabulary.trained.any():
+    losses, pairs, trained = [], 0, vocabulary.trained
+    if trained.any():
         losses, pairs = run_batches(vocabulary, p, seed, lambda batch, decay: sgd_step(
             inputs, context, batch, p.negative, p.learning_rate * decay), batch_pairs(vocabulary, p))
-    trained = vocabulary.trained
     vectors = np.where(trained[:, None], inputs.numpy(), np.float32(0))
     return SkipgramResult(vectors, trained, losses, pairs, time.perf_counter() - started)
 
@@ -353,15 +353,32 @@ def batch_pairs(vocabulary: Vocabulary, p) -> int:
 def sgd_step(inputs, context, batch: Batch, negative: int, rate: float) -> tuple[float, int]:
     """One SGD step of both tables on the summed loss of the batch's pairs; returns (summed loss, pairs).
 
-    For centre v with contexts u and the shared negatives n, each weighted
-    ``pairs(v) negative / S``: ``loss = -sum_u log sigma(x_v . z_u) - sum_n w log sigma(-x_v . z_n)``.
     Every gradient comes from the tables before the step, as in one word2vec pair.
+    """
+    centres, negatives = batch.centres, batch.negatives
+    x = inputs.index_select(0, centres)                      # b x D
+    # The step -rate is folded into the score gradients: index_add_ with alpha= is 3x slower than without.
+    loss, flat, d_x, d_z, d_zn = sgns_gradients(x, context, batch.contexts, negatives, batch.pairs_per_centre,
+                                                negative, scale=-rate)
+    inputs.index_add_(0, centres, d_x)
+    context.index_add_(0, flat, d_z)
+    context.index_add_(0, negatives, d_zn)
+    context[-1] = 0.0  # the "no context" row (its gradients are masked to zero; kept exact)
+    return loss, int(batch.pairs_per_centre.sum())
+
+
+def sgns_gradients(x, context, contexts, negatives, pairs_per_centre, negative: int, scale: float = 1.0):
+    """The shared-negative skip-gram loss of a batch and its gradients, for centre vectors ``x`` (b x D).
+
+    For centre v with contexts u (``contexts``, b x 2W, the last context row where
+    none) and the S shared ``negatives`` n, each weighted ``pairs(v) negative / S``:
+    ``loss = -sum_u log sigma(x_v . z_u) - sum_n w log sigma(-x_v . z_n)``.
+    Returns ``(loss, flat contexts, d_x (b x D), d_z (b 2W x D), d_zn (S x D))``,
+    the gradients multiplied by ``scale`` (a step folded in, or 1).
     """
     import torch
 
-    centres, contexts, negatives = batch.centres, batch.contexts, batch.negatives
-    b, dim = centres.shape[0], inputs.shape[1]
-    x = inputs.index_select(0, centres)                      # b x D
+    b, dim = x.shape
     flat = contexts.reshape(-1)
     z = context.index_select(0, flat).view(b, -1, dim)       # b x 2W x D
     mask = (contexts != context.shape[0] - 1).to(x.dtype)
@@ -370,22 +387,20 @@ def sgd_step(inputs, context, batch: Batch, negative: int, rate: float) -> tuple
     zn = context.index_select(0, negatives)                  # S x D
     neg_scores = x @ zn.T
     neg = torch.sigmoid(neg_scores)                          # b x S
-    weight = (batch.pairs_per_centre * (negative / negatives.shape[0])).unsqueeze(1)
+    weight = (pairs_per_centre * (negative / negatives.shape[0])).unsqueeze(1)  # each of the S weighs K n / S
     # -log sigma(s) = softplus(-s): exact where sigma saturates, and half the time of log(clamp(sigma)).
     loss = float(torch.nn.functional.softplus(-pos_scores).mul_(mask).sum()
                  + torch.nn.functional.softplus(neg_scores).sum(1).dot(weight.squeeze(1)))
-    # The step -rate is folded into the score gradients: index_add_ with alpha= is 3x slower than without.
-    g_pos = (pos - 1.0).mul_(mask).mul_(-rate)               # b x 2W
-    g_neg = neg.mul_(weight).mul_(-rate)                     # b x S
+    g_pos = (pos - 1.0).mul_(mask)                           # dLoss/dscore: b x 2W
+    g_neg = neg.mul_(weight)                                 # b x S
+    if scale != 1.0:
+        g_pos.mul_(scale)
+        g_neg.mul_(scale)
     d_x = (g_pos.unsqueeze(2) * z).sum(1).addmm_(g_neg, zn)
-    d_z = g_pos.unsqueeze(2) * x.unsqueeze(1)
+    d_z = g_pos.unsqueeze(2) * x.unsqueeze(1)                # b x 2W x D
     d_zn = g_neg.T @ x
-    inputs.index_add_(0, centres, d_x)
-    context.index_add_(0, flat, d_z.view(-1, dim))
-    context.index_add_(0, negatives, d_zn)
-    context[-1] = 0.0  # the "no context" row (its gradients are masked to zero; kept exact)
-    return loss, int(batch.pairs_per_centre.sum())
+    return loss, flat, d_x, d_z.view(-1, dim), d_zn
 
 
-__all__ = ["Batch", "BatchParams", "SkipgramResult", "Vocabulary", "batch_pairs", "centre_contexts", "compact", "draw_negatives",
-           "keep_probability", "run_batches", "sgd_step", "train_vectors"]
+__all__ = ["Batch", "BatchParams", "SkipgramResult", "Vocabulary", "batch_pairs", "centre_contexts", "compact",
+           "draw_negatives", "keep_probability", "run_batches", "sgd_step", "sgns_gradients", "train_vectors"]

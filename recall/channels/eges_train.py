@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from recall.channels.side_info import SideInfo
-from recall.sgns import Batch, Vocabulary, run_batches
+from recall.sgns import Batch, Vocabulary, run_batches, sgns_gradients
 
 
 @dataclass
@@ -131,33 +131,16 @@ def step(values, context, logits, tokens, within, column_field, field_onehot, ce
         column_weights = centre_within / field_onehot.shape[1]
     # Per-centre products of a few vectors: elementwise and summed (bmm over tiny matrices is slow).
     h = (column_weights.unsqueeze(2) * embedded).sum(1)     # b x D
-    flat_ctx = contexts.reshape(-1)
-    z = context.index_select(0, flat_ctx).view(b, -1, dim)  # b x 2W x D
-    mask = (contexts != context.shape[0] - 1).to(h.dtype)
-    pos_scores = (z * h.unsqueeze(1)).sum(2)
-    pos = torch.sigmoid(pos_scores)                         # b x 2W
-    pairs = int(n_pairs.sum())
-    zn = context.index_select(0, negatives)                 # S x D
-    neg_scores = h @ zn.T
-    neg = torch.sigmoid(neg_scores)                         # b x S
-    weight = (n_pairs * (K / negatives.shape[0])).unsqueeze(1)         # a centre's n pairs weigh each K n / S
-    # -log sigma(s) = softplus(-s): exact where sigma saturates, and half the time of log(clamp(sigma)).
-    loss = float(torch.nn.functional.softplus(-pos_scores).mul_(mask).sum()
-                 + torch.nn.functional.softplus(neg_scores).sum(1).dot(weight.squeeze(1)))
-    g_pos = (pos - 1.0).mul_(mask)                          # dLoss/dscore: b x 2W
-    g_neg = neg.mul_(weight)                                # b x S
-    d_h = (g_pos.unsqueeze(2) * z).sum(1).addmm_(g_neg, zn)
-    d_z = g_pos.unsqueeze(2) * h.unsqueeze(1)               # b x 2W x D
-    d_zn = g_neg.T @ h                                      # S x D
+    loss, flat_ctx, d_h, d_z, d_zn = sgns_gradients(h, context, contexts, negatives, n_pairs, K)
     d_values = column_weights.unsqueeze(2) * d_h.unsqueeze(1)          # b x T x D
     grads = [(flat_tok, d_values.view(-1, dim)),
-             (torch.cat([flat_ctx, negatives]), torch.cat([d_z.view(-1, dim), d_zn]))]
+             (torch.cat([flat_ctx, negatives]), torch.cat([d_z, d_zn]))]
     if logits is not None:
         d_columns = (embedded * d_h.unsqueeze(1)).sum(2).mul_(centre_within)   # b x T
         d_alpha = d_columns @ field_onehot                   # b x (F + 1)
         grads.append((centres, alpha * (d_alpha - (alpha * d_alpha).sum(1, keepdim=True))))
     optimiser.step(grads, decay)
-    return loss, pairs
+    return loss, int(n_pairs.sum())
 
 
 class EGESOptimiser:
