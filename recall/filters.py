@@ -277,7 +277,8 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
     for column, _, side in caps:
         work = work.join(side.with_columns(pl.col(S.ITEM).cast(work.schema[S.ITEM])), on=S.ITEM, how="left",
                          maintain_order="left")
-    work = work.sort(S.USER, S.RANK, S.ITEM)
+    if not _in_list_order(work):
+        work = work.sort(S.USER, S.RANK, S.ITEM)
     # Per cap: rows grouped by (user, value) once; each round is then a few O(rows) numpy passes.
     walks = []
     # Rows are sorted by user, so a user's rows are one run; (user run, value code) packs into
@@ -386,6 +387,19 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
             removed[name] = before - frame.height
     if DEMOTED not in frame.columns:
         frame = frame.with_columns(pl.lit(False).alias(DEMOTED))
+    if _in_list_order(frame):
+        # A merge's lists (users sorted, ranks rising): the demoted rows move behind the
+        # others within each user by a stable sort of one small integer per row, and only
+        # the rows within the budget are gathered.
+        demoted = frame[DEMOTED].to_numpy()
+        order, _ = _group_walk(frame[S.USER].rle_id().cast(pl.Int64).to_numpy() * 2 + demoted)
+        user_run = frame[S.USER].rle_id().to_numpy()[order]
+        rank = _run_positions(user_run)
+        within = rank <= budget
+        removed["diversity"] = int(demoted[order[~within]].sum())
+        removed["budget"] = int((~within).sum()) - removed["diversity"]
+        return (frame.drop(DEMOTED)[order[within]]
+                .with_columns(pl.Series(S.RANK, rank[within]).cast(rank_dtype))), removed
     frame = (frame
              .sort(S.USER, DEMOTED, S.RANK, S.ITEM)
              .with_columns(pl.int_range(1, pl.len() + 1).over(S.USER).cast(rank_dtype).alias(S.RANK)))
@@ -393,3 +407,24 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
     removed["diversity"] = int(beyond[DEMOTED].sum())
     removed["budget"] = beyond.height - removed["diversity"]
     return frame.filter(pl.col(S.RANK) <= budget).drop(DEMOTED), removed
+
+
+def _in_list_order(frame: pl.DataFrame) -> bool:
+    """Whether ``frame`` is sorted by user with strictly rising ranks within each user (a merge's output).
+
+    Then it is also sorted by (user, rank, item), and the sorts by those keys can be skipped.
+    """
+    if frame.height < 2 or not frame[S.USER].is_sorted():
+        return frame.height < 2
+    rank = frame[S.RANK].to_numpy()
+    user_run = frame[S.USER].rle_id().to_numpy()
+    return bool(np.all((rank[1:] > rank[:-1]) | (user_run[1:] != user_run[:-1])))
+
+
+def _run_positions(runs: np.ndarray) -> np.ndarray:
+    """1, 2, ... within each run of equal values."""
+    n = runs.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
+    return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1

@@ -43,11 +43,16 @@ FIRST_PASS_REACH = 3  # see first_pass_depths
 
 
 def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], budget: int, *,
-                   strict: frozenset[str] | set[str] = frozenset(), backfill: bool = True) -> pl.DataFrame:
+                   strict: frozenset[str] | set[str] = frozenset(), backfill: bool = True,
+                   labelled: bool = True) -> pl.DataFrame:
     """Merge per-channel candidate tables (``user_id, item_id, score, rank``) into one list per user.
 
     Returns ``user_id, item_id, score, rank, source, channels`` with at most
-    ``budget`` rows per user and no duplicate (user, item) pairs.
+    ``budget`` rows per user and no duplicate (user, item) pairs. With ``labelled``
+    false, ``source`` is the channel's number and ``channels`` a bit mask over the
+    channels in name order (:func:`label_channels` names them): integers are cheaper to
+    carry through the filters than a list of strings per row, and a run names only
+    the rows it keeps.
     """
     missing = sorted(set(candidates) - set(quotas))
     if missing:
@@ -60,26 +65,57 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     capped = {name for name in names if name in strict or not backfill}
     frames = {name: candidates[name] for name in names}
     if not frames:
-        return empty_merge()
+        return empty_merge(labelled)
     dtypes = pl.concat([f.select(S.USER, S.ITEM).head(0) for f in frames.values()], how="vertical_relaxed").schema
     if sum(f.height for f in frames.values()) == 0:
-        return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
+        return empty_merge(labelled).with_columns(pl.col(S.USER).cast(dtypes[S.USER]),
+                                                  pl.col(S.ITEM).cast(dtypes[S.ITEM]))
     # First pass: each channel read down to its first_pass_depths; a user it fills
     # is final (everything unread is at a later slot position than all it kept).
     depths = first_pass_depths({name: quotas[name] for name in names}, budget, capped, FIRST_PASS_REACH)
     read = {name: f.filter(pl.col(S.RANK) <= depths[name]) for name, f in frames.items()}
     merged = _merge_pass(read, quotas, budget, capped, dtypes)
-    unread = pl.concat([f.filter(pl.col(S.RANK) > depths[name]).select(pl.col(S.USER).cast(dtypes[S.USER])).unique()
-                        for name, f in frames.items()]).unique()
-    filled = merged.group_by(S.USER).len().filter(pl.col("len") >= budget).select(S.USER)
-    deeper = unread.join(filled, on=S.USER, how="anti")
-    if deeper.height == 0:
+    # Every other user is merged again on all their rows: those short of the budget and
+    # those the first pass did not reach (for a user whose rows were all read, that gives
+    # the same list again, which is cheaper than finding who has unread rows).
+    runs = merged[S.USER].rle()  # the merge is sorted by user
+    filled = runs.struct.field("value").filter(runs.struct.field("len") >= budget)
+    present = pl.concat([f[S.USER].rle().struct.field("value").cast(dtypes[S.USER])  # run values: cheap
+                         for f in frames.values()]).unique()
+    short = present.filter(~present.is_in(filled.implode()))
+    if short.len():
+        deeper = short.to_frame(S.USER)
+        again = _merge_pass({name: f.join(deeper.with_columns(pl.col(S.USER).cast(f.schema[S.USER])), on=S.USER,
+                                          how="semi")
+                             for name, f in frames.items()}, quotas, budget, capped, dtypes)
+        # Both parts are sorted by user and hold different users: a stable sort by user interleaves them.
+        merged = (pl.concat([merged.filter(~pl.col(S.USER).is_in(short.implode())), again])
+                  .sort(S.USER, maintain_order=True))
+    return label_channels(merged, names) if labelled else merged
+
+
+def label_channels(merged: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+    """``source`` and ``channels`` of an unlabelled merge (channel numbers, bit masks) as the channels' names.
+
+    ``names`` are the merged channels in name order, as the merge numbered them.
+    """
+    if merged.schema[SOURCE] == pl.String:
         return merged
-    # Second pass: those users short of the budget, on every row of theirs.
-    again = _merge_pass({name: f.join(deeper.with_columns(pl.col(S.USER).cast(f.schema[S.USER])), on=S.USER,
-                                      how="semi")
-                         for name, f in frames.items()}, quotas, budget, capped, dtypes)
-    return pl.concat([merged.join(deeper, on=S.USER, how="anti"), again]).sort(S.USER, S.RANK)
+    mask = merged[S.CHANNELS].to_numpy()
+    if len(names) <= 16:  # the distinct masks by a lookup table, no sort
+        present = np.zeros(1 << len(names), dtype=bool)
+        present[mask] = True
+        masks = np.flatnonzero(present)
+        mask_index = (np.cumsum(present) - 1)[mask]
+    else:
+        masks, mask_index = np.unique(mask, return_inverse=True)
+    # The channel list of each distinct mask, built without a Python loop over masks.
+    which, bit = np.nonzero((masks[:, None] >> np.arange(len(names))) & 1)
+    holders = (pl.DataFrame({"m": which, S.CHANNELS: pl.Series(names, dtype=pl.String).gather(bit)},
+                            schema={"m": pl.Int64, S.CHANNELS: pl.String})
+               .group_by("m", maintain_order=True).agg(S.CHANNELS)[S.CHANNELS])
+    return merged.with_columns(pl.Series(names, dtype=pl.String).gather(merged[SOURCE]).alias(SOURCE),
+                               holders.gather(mask_index.ravel()).alias(S.CHANNELS))
 
 
 def first_pass_depths(quotas: Mapping[str, int], budget: int, capped: set[str] | frozenset[str],
@@ -102,10 +138,11 @@ def first_pass_depths(quotas: Mapping[str, int], budget: int, capped: set[str] |
 
 def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], budget: int,
                 capped: set[str], dtypes: pl.Schema) -> pl.DataFrame:
-    """The merge of ``frames`` (sorted by name) over every row given."""
+    """The unlabelled merge of ``frames`` (sorted by name) over every row given."""
     names = list(frames)
     if sum(f.height for f in frames.values()) == 0:
-        return empty_merge().with_columns(pl.col(S.USER).cast(dtypes[S.USER]), pl.col(S.ITEM).cast(dtypes[S.ITEM]))
+        return empty_merge(False).with_columns(pl.col(S.USER).cast(dtypes[S.USER]),
+                                               pl.col(S.ITEM).cast(dtypes[S.ITEM]))
     # Slot positions rank / quota are few distinct numbers: code each as its place
     # among all of them, times 64, plus the channel number, so "best position, ties
     # to the first channel" is the minimum of one integer.
@@ -138,21 +175,29 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         starts = np.flatnonzero(np.r_[True, row_pair[1:] != row_pair[:-1]])
         pairs = row_pair[starts]  # each (user, item) once, sorted; its best code first in its run
         code = row_code[starts]
-        finite = code < infinite
-        pair, code = pairs[finite], code[finite]
+        finite = np.flatnonzero(code < infinite)
         item_mask = (1 << item_bits) - 1
-        listed = ((pair >> item_bits) << (code_bits + item_bits)) | (code << item_bits) | (pair & item_mask)
-        del pair
+        # The list order (user, code, item) packs the pair's index instead of its item where
+        # it fits: pairs are sorted by (user, item), so within a (user, code) the index
+        # orders as the item does, and it finds the pair's mask without a search.
+        index_bits = _bits(pairs.size)
+        tail_bits = index_bits if user_bits + code_bits + index_bits <= 63 else item_bits
+        tail = finite if tail_bits == index_bits else pairs[finite] & item_mask
+        listed = ((pairs[finite] >> item_bits) << (code_bits + tail_bits)) | (code[finite] << tail_bits) | tail
+        del tail
         listed.sort()
-        user = listed >> (code_bits + item_bits)
+        user = listed >> (code_bits + tail_bits)
         keep = _ranks(user) <= budget
         listed, user = listed[keep], user[keep]
-        code = (listed >> item_bits) & ((1 << code_bits) - 1)
-        item = listed & item_mask
+        code = (listed >> tail_bits) & ((1 << code_bits) - 1)
+        tail = listed & ((1 << tail_bits) - 1)
         del listed
         last[user] = code >> 6  # sorted by code within a user: the last write is the last kept row
         mask = _reached_masks(row_code, row_pair >> item_bits, last, starts)
-        mask = mask[np.searchsorted(pairs, (user << item_bits) | item)]
+        if tail_bits == index_bits:
+            item, mask = pairs[tail] & item_mask, mask[tail]
+        else:
+            item, mask = tail, mask[np.searchsorted(pairs, (user << item_bits) | tail)]
     else:  # ids too spread to pack: the same two orders by lexsort
         order = np.lexsort((code, items, users))
         row_user, row_item, row_code = users[order], items[order], code[order]
@@ -168,25 +213,13 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         user, item, code, pair_index = user[keep], item[keep], code[keep], pair_index[keep]
         last[user] = code >> 6
         mask = _reached_masks(row_code, row_user, last, starts)[pair_index]
-    rank = _ranks(user)
-    if len(names) <= 16:  # the distinct masks by a lookup table, no sort
-        present = np.zeros(1 << len(names), dtype=bool)
-        present[mask] = True
-        masks = np.flatnonzero(present)
-        mask_index = (np.cumsum(present) - 1)[mask]
-    else:
-        masks, mask_index = np.unique(mask, return_inverse=True)
-    # The channel list of each distinct mask, built without a Python loop over masks.
-    which, bit = np.nonzero((masks[:, None] >> np.arange(len(names))) & 1)
-    holders = (pl.DataFrame({"m": which, S.CHANNELS: pl.Series(names, dtype=pl.String).gather(bit)})
-               .group_by("m", maintain_order=True).agg(S.CHANNELS)[S.CHANNELS])
     return pl.DataFrame([
         decode_users(user).cast(dtypes[S.USER]).alias(S.USER),
         decode_items(item).cast(dtypes[S.ITEM]).alias(S.ITEM),
         pl.Series(S.SCORE, 1.0 / levels[code // 64], dtype=pl.Float64),
-        pl.Series(S.RANK, rank, dtype=pl.Int32),
-        pl.Series(SOURCE, names, dtype=pl.String).gather(code % 64).alias(SOURCE),
-        holders.gather(mask_index.ravel()),
+        pl.Series(S.RANK, _ranks(user), dtype=pl.Int32),
+        pl.Series(SOURCE, code % 64, dtype=pl.UInt8),
+        pl.Series(S.CHANNELS, mask, dtype=pl.Int64),
     ])
 
 
@@ -271,9 +304,10 @@ def position_codes(positions: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dic
                     for order, n in enumerate(names)}
 
 
-def empty_merge() -> pl.DataFrame:
-    return pl.DataFrame(schema={S.USER: pl.Int64, S.ITEM: pl.Int64, S.SCORE: pl.Float64,
-                                S.RANK: pl.Int32, SOURCE: pl.String, S.CHANNELS: pl.List(pl.String)})
+def empty_merge(labelled: bool = True) -> pl.DataFrame:
+    return pl.DataFrame(schema={S.USER: pl.Int64, S.ITEM: pl.Int64, S.SCORE: pl.Float64, S.RANK: pl.Int32,
+                                SOURCE: pl.String if labelled else pl.UInt8,
+                                S.CHANNELS: pl.List(pl.String) if labelled else pl.Int64})
 
 
 def user_batches(candidates: Mapping[str, pl.DataFrame], size: int) -> list[dict[str, pl.DataFrame]]:

@@ -36,7 +36,7 @@ from recall.filters import filter_with_refill, purchase_blocks
 from recall.interface import Channel
 from recall.io import Dataset, check_id_types, load_dataset
 from recall.logs import event
-from recall.merge import merge_channels, user_batches
+from recall.merge import label_channels, merge_channels, user_batches
 from recall.meter import StageMeter
 from recall.publish import OutputLock, fault_point, output_lock, publish, resolve_run
 from recall.shards import shard_of, user_shards
@@ -183,12 +183,15 @@ def _merge_batch(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainD
             if users is not None:
                 chosen = {n: f.join(users.to_frame(S.USER), on=S.USER, how="semi") for n, f in chosen.items()}
             merged.append(merge_channels(chosen, quotas, depth or sum(f.height for f in chosen.values()),
-                                         strict=strict, backfill=cfg.merge.backfill))
+                                         strict=strict, backfill=cfg.merge.backfill, labelled=False))
         return merged[0] if len(merged) == 1 else pl.concat(merged).sort(S.USER, S.RANK)
 
     fault_point("merge")
     filtered, merged, removed = filter_with_refill(merge, train, cfg.filters, budget, blocks)
-    return filtered, merged.filter(pl.col(S.RANK) <= budget) if unfiltered else None, removed
+    # The channels are named on the rows kept only (the merge carries their numbers through the filters).
+    names = sorted(candidates)
+    return (label_channels(filtered, names),
+            label_channels(merged.filter(pl.col(S.RANK) <= budget), names) if unfiltered else None, removed)
 
 
 def segment_users(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData

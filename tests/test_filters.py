@@ -513,6 +513,10 @@ def test_filter_properties(case, tmp_path):
     expected, expected_removed = oracle_apply(candidates, events, items, cfg, budget, now,
                                               blacklist=(bad_items, bad_cats))
     assert as_lists(got) == expected and removed == expected_removed
+    # Rows in any order take the general sort instead of the merge-order shortcut: the same table.
+    shuffled, shuffled_removed = apply_filters(candidates.sample(fraction=1.0, shuffle=True, seed=1), data, cfg,
+                                               budget)
+    assert shuffled.equals(got) and shuffled.schema == got.schema and shuffled_removed == removed
 
 
 def test_short_lists_are_merged_again_to_full_depth():

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recall import merge
-from recall.merge import merge_channels
+from recall.merge import label_channels, merge_channels
 
 CHANNEL_NAMES = ["a", "b", "c"]
 
@@ -124,6 +124,10 @@ def test_merge_equals_exact_fraction_oracle(tables_quotas, budget, backfill, str
             merged = merge_channels(tables, quotas, budget, strict=strict, backfill=backfill)
         got = merged.sort("user_id", "rank").select("user_id", "item_id", "rank", "source", "channels").rows()
         assert [tuple(r) for r in got] == expected
+        # Unlabelled (channel numbers and bit masks, as a run carries them through the filters), then named.
+        unlabelled = merge_channels(tables, quotas, budget, strict=strict, backfill=backfill, labelled=False)
+        assert unlabelled.schema["channels"] == pl.Int64
+        assert label_channels(unlabelled, sorted(tables)).equals(merged)
 
 
 def test_first_pass_reads_the_same_positions_in_every_channel():
