@@ -178,6 +178,13 @@ class Vocabulary:
         return cls(walks=walks, counts=counts, cdf=cdf, keep=keep_probability(counts.astype(np.float64), sample))
 
 
+# The loss only reports progress (gensim computes none unless asked), and on a big batch its
+# softplus over the centres x negatives block is a tenth of the step: it is summed on every batch
+# of the last epoch (the final loss is exact) and on one batch in LOSS_EVERY of the others, plus
+# each epoch's last batch.
+LOSS_EVERY = 8
+
+
 @dataclass(frozen=True)
 class Batch:
     """One optimiser step's centres, their contexts (``n_items`` where none), pair counts and shared negatives."""
@@ -188,6 +195,7 @@ class Batch:
     contexts: object         # torch int64 (b, 2 window)
     pairs_per_centre: object  # torch float32 (b,)
     negatives: object        # torch int64 (S,)
+    with_loss: bool = True   # the step sums the batch's loss (else it may return 0.0; see LOSS_EVERY)
 
 
 def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, float], tuple[float, int]],
@@ -202,7 +210,9 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
     decay)`` applies one update with the learning rate scaled by ``decay``, which
     falls linearly from 1 to
     ``min_learning_rate / learning_rate`` over the walks of all epochs, as in
-    word2vec; it returns the batch's summed loss and its number of pairs.
+    word2vec; it returns the batch's summed loss (0.0 allowed when ``batch.with_loss``
+    is false) and its number of pairs. The mean loss of an epoch is over the batches
+    whose loss was summed (every batch of the last epoch; see ``LOSS_EVERY``).
     """
     import torch
 
@@ -219,6 +229,7 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
         try:
             for epoch in range(p.epochs):
                 order = rng.permutation(n_walks)
+                counted = 0  # batches of this epoch so far
                 for lo in range(0, n_walks, p.walk_block):
                     block = walks[order[lo:lo + p.walk_block]]
                     if p.sample > 0:
@@ -234,20 +245,25 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
                     n_batches = -(-centres.size // size)
                     negatives = draw_negatives(cdf, (n_batches, p.shared_negatives), rng)
                     contexts = np.where(contexts >= 0, contexts, n_items).astype(np.int64)
+                    last_block = lo + p.walk_block >= n_walks
                     for b in range(n_batches):
                         if stop.is_set():
                             return
                         part = slice(b * size, (b + 1) * size)
                         progress = (epoch * n_walks + lo + block.shape[0] * b / n_batches) / (p.epochs * n_walks)
+                        counted += 1
+                        with_loss = (epoch == p.epochs - 1 or counted % LOSS_EVERY == 0
+                                     or (last_block and b == n_batches - 1))
                         batches.put(Batch(epoch, progress, torch.from_numpy(centres[part]),
                                           torch.from_numpy(contexts[part]),
                                           torch.from_numpy(pairs_per_centre[part].astype(np.float32)),
-                                          torch.from_numpy(negatives[b])))
+                                          torch.from_numpy(negatives[b]), with_loss))
         finally:
             batches.put(None)
 
     epoch_loss = [0.0] * p.epochs
     epoch_pairs = [0] * p.epochs
+    loss_pairs = [0] * p.epochs  # pairs of the batches whose loss was summed
     tally = threading.Lock()
     errors: list[BaseException] = []
 
@@ -262,8 +278,10 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
                     decay = 1.0 + (p.min_learning_rate / p.learning_rate - 1.0) * batch.progress
                     loss, pairs = step(batch, decay)
                     with tally:
-                        epoch_loss[batch.epoch] += loss
                         epoch_pairs[batch.epoch] += pairs
+                        if batch.with_loss:
+                            epoch_loss[batch.epoch] += loss
+                            loss_pairs[batch.epoch] += pairs
             batches.put(None)
         except BaseException as error:  # noqa: BLE001  (re-raised once every thread has stopped)
             errors.append(error)
@@ -287,7 +305,7 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
         torch.set_num_threads(threads)
     if errors:
         raise errors[0]
-    return [loss / pairs for loss, pairs in zip(epoch_loss, epoch_pairs) if pairs], sum(epoch_pairs)
+    return [loss / pairs for loss, pairs in zip(epoch_loss, loss_pairs) if pairs], sum(epoch_pairs)
 
 
 # --------------------------------------------------------------------------------------
@@ -359,7 +377,7 @@ def sgd_step(inputs, context, batch: Batch, negative: int, rate: float) -> tuple
     x = inputs.index_select(0, centres)                      # b x D
     # The step -rate is folded into the score gradients: index_add_ with alpha= is 3x slower than without.
     loss, flat, d_x, d_z, d_zn = sgns_gradients(x, context, batch.contexts, negatives, batch.pairs_per_centre,
-                                                negative, scale=-rate)
+                                                negative, scale=-rate, with_loss=batch.with_loss)
     inputs.index_add_(0, centres, d_x)
     context.index_add_(0, flat, d_z)
     context.index_add_(0, negatives, d_zn)
@@ -367,14 +385,16 @@ def sgd_step(inputs, context, batch: Batch, negative: int, rate: float) -> tuple
     return loss, int(batch.pairs_per_centre.sum())
 
 
-def sgns_gradients(x, context, contexts, negatives, pairs_per_centre, negative: int, scale: float = 1.0):
+def sgns_gradients(x, context, contexts, negatives, pairs_per_centre, negative: int, scale: float = 1.0,
+                   with_loss: bool = True):
     """The shared-negative skip-gram loss of a batch and its gradients, for centre vectors ``x`` (b x D).
 
     For centre v with contexts u (``contexts``, b x 2W, the last context row where
     none) and the S shared ``negatives`` n, each weighted ``pairs(v) negative / S``:
     ``loss = -sum_u log sigma(x_v . z_u) - sum_n w log sigma(-x_v . z_n)``.
     Returns ``(loss, flat contexts, d_x (b x D), d_z (b 2W x D), d_zn (S x D))``,
-    the gradients multiplied by ``scale`` (a step folded in, or 1).
+    the gradients multiplied by ``scale`` (a step folded in, or 1); the loss is 0.0
+    unless ``with_loss``.
     """
     import torch
 
@@ -389,8 +409,10 @@ def sgns_gradients(x, context, contexts, negatives, pairs_per_centre, negative: 
     neg = torch.sigmoid(neg_scores)                          # b x S
     weight = (pairs_per_centre * (negative / negatives.shape[0])).unsqueeze(1)  # each of the S weighs K n / S
     # -log sigma(s) = softplus(-s): exact where sigma saturates, and half the time of log(clamp(sigma)).
-    loss = float(torch.nn.functional.softplus(-pos_scores).mul_(mask).sum()
-                 + torch.nn.functional.softplus(neg_scores).sum(1).dot(weight.squeeze(1)))
+    loss = 0.0
+    if with_loss:
+        loss = float(torch.nn.functional.softplus(-pos_scores).mul_(mask).sum()
+                     + torch.nn.functional.softplus(neg_scores).sum(1).dot(weight.squeeze(1)))
     g_pos = (pos - 1.0).mul_(mask)                           # dLoss/dscore: b x 2W
     g_neg = neg.mul_(weight)                                 # b x S
     if scale != 1.0:

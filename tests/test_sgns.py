@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from recall.channels.deepwalk import DeepWalkParams
+from unittest import mock
+
+from recall import sgns
 from recall.sgns import Batch, Vocabulary, batch_pairs, sgd_step, train_vectors
 from tests.test_eges import optimal_sgns_loss, planted_walks
 
@@ -83,6 +86,20 @@ def test_reproducible_under_a_seed_and_hogwild_reaches_the_same_loss():
     two = train_vectors(planted_walks(), 40, p.model_copy(update={"workers": 2}), seed=5)
     assert two.pairs == one.pairs
     assert two.losses[-1] == pytest.approx(one.losses[-1], abs=0.03)
+
+
+def test_the_loss_summed_on_fewer_batches_leaves_the_training_alone():
+    """The loss is summed on one batch in LOSS_EVERY before the last epoch: the same vectors, the same
+    final loss, and earlier losses close to those summed on every batch."""
+    p = DeepWalkParams(**{**PLANTED, "batch_size": 64})
+    sampled = train_vectors(planted_walks(), 40, p, seed=5)
+    with mock.patch.object(sgns, "LOSS_EVERY", 1):
+        every = train_vectors(planted_walks(), 40, p, seed=5)
+    np.testing.assert_array_equal(sampled.vectors, every.vectors)
+    assert sampled.pairs == every.pairs and len(sampled.losses) == len(every.losses) == 3
+    assert sampled.losses[-1] == every.losses[-1]
+    assert sampled.losses[:-1] == pytest.approx(every.losses[:-1], rel=0.05)
+    assert sampled.losses[0] != every.losses[0]  # the first epoch's loss really was sampled
 
 
 def test_items_below_min_count_get_no_vector():

@@ -105,15 +105,18 @@ def train(walks: np.ndarray, side: SideInfo, p, seed: int) -> TrainResult:
 
     def eges_step(batch: Batch, decay: float) -> tuple[float, int]:
         return step(values, context, logits, tokens, within, column_field, field_onehot, batch.centres,
-                    batch.contexts, batch.pairs_per_centre, batch.negatives, p.negative, optimiser, decay)
+                    batch.contexts, batch.pairs_per_centre, batch.negatives, p.negative, optimiser, decay,
+                    batch.with_loss)
 
     losses, pairs = run_batches(vocabulary, p, seed, eges_step)
     return TrainResult(tables, trained, losses, pairs, time.perf_counter() - started)
 
 
 def step(values, context, logits, tokens, within, column_field, field_onehot, centres, contexts, n_pairs,
-         negatives, K: int, optimiser, decay: float) -> tuple[float, int]:
+         negatives, K: int, optimiser, decay: float, with_loss: bool = True) -> tuple[float, int]:
     """One optimiser step on a batch of centres sharing ``negatives`` (S,); returns (summed loss, pairs).
+
+    The loss is 0.0 unless ``with_loss`` (:data:`recall.sgns.LOSS_EVERY`).
 
     The gradients handed to ``optimiser.step`` are those of the summed loss of the
     batch's pairs: ``[(value rows, grads), (context rows, grads), (centres, logit grads)]``.
@@ -131,7 +134,8 @@ def step(values, context, logits, tokens, within, column_field, field_onehot, ce
         column_weights = centre_within / field_onehot.shape[1]
     # Per-centre products of a few vectors: elementwise and summed (bmm over tiny matrices is slow).
     h = (column_weights.unsqueeze(2) * embedded).sum(1)     # b x D
-    loss, flat_ctx, d_h, d_z, d_zn = sgns_gradients(h, context, contexts, negatives, n_pairs, K)
+    loss, flat_ctx, d_h, d_z, d_zn = sgns_gradients(h, context, contexts, negatives, n_pairs, K,
+                                                    with_loss=with_loss)
     d_values = column_weights.unsqueeze(2) * d_h.unsqueeze(1)          # b x T x D
     grads = [(flat_tok, d_values.view(-1, dim)),
              (torch.cat([flat_ctx, negatives]), torch.cat([d_z, d_zn]))]
