@@ -117,9 +117,10 @@ class EGESParams(DeepWalkParams):
                                               "word2vec's workers); only 1 is bit-reproducible")
     attention: bool = Field(True, description="learn per-item attention over the fields (EGES); false: equal "
                                               "fixed weights (GES)")
-    # 256 shared by the ~800 centres of a 4096-pair batch: one matmul; 1024 learns a little faster
-    # per pair (epoch-1 loss 2.27 vs 2.61) at half the speed (BENCHMARKS.md, issue 15).
-    shared_negatives: int = Field(256, ge=1, description="negatives shared by the centres of a batch (each weighs "
+    # 128 shared by the ~1,000 centres of a 4096-pair batch: one matmul. Against 256, Recall@200 is
+    # level within noise on validation and test windows of ml-100k, the sample and taobao-84k, at
+    # 13-20% less fit time; 64 lost recall on ml-100k (BENCHMARKS.md, issue 15).
+    shared_negatives: int = Field(128, ge=1, description="negatives shared by the centres of a batch (each weighs "
                                                          "negative / shared_negatives per pair)")
     trainer: Literal["batched"] = Field("batched", description="EGES always trains with its own batched "
                                                                "trainer (recall.channels.eges_train)")
