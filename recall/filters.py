@@ -57,6 +57,7 @@ import polars as pl
 from recall import schema as S
 from recall.sections import BlacklistConfig, DiversityConfig, FiltersConfig, PurchaseFilterConfig
 from recall.errors import RecallError
+from recall.merge import run_positions
 
 if TYPE_CHECKING:  # annotations only
     from recall.context import TrainData
@@ -392,9 +393,9 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
         # others within each user by a stable sort of one small integer per row, and only
         # the rows within the budget are gathered.
         demoted = frame[DEMOTED].to_numpy()
-        order, _ = _group_walk(frame[S.USER].rle_id().cast(pl.Int64).to_numpy() * 2 + demoted)
-        user_run = frame[S.USER].rle_id().to_numpy()[order]
-        rank = _run_positions(user_run)
+        user_run = frame[S.USER].rle_id().cast(pl.Int64).to_numpy()
+        order, _ = _group_walk(user_run * 2 + demoted)
+        rank = run_positions(user_run[order])
         within = rank <= budget
         removed["diversity"] = int(demoted[order[~within]].sum())
         removed["budget"] = int((~within).sum()) - removed["diversity"]
@@ -419,12 +420,3 @@ def _in_list_order(frame: pl.DataFrame) -> bool:
     rank = frame[S.RANK].to_numpy()
     user_run = frame[S.USER].rle_id().to_numpy()
     return bool(np.all((rank[1:] > rank[:-1]) | (user_run[1:] != user_run[:-1])))
-
-
-def _run_positions(runs: np.ndarray) -> np.ndarray:
-    """1, 2, ... within each run of equal values."""
-    n = runs.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
-    return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1

@@ -187,7 +187,7 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         del tail
         listed.sort()
         user = listed >> (code_bits + tail_bits)
-        keep = _ranks(user) <= budget
+        keep = run_positions(user) <= budget
         listed, user = listed[keep], user[keep]
         code = (listed >> tail_bits) & ((1 << code_bits) - 1)
         tail = listed & ((1 << tail_bits) - 1)
@@ -209,7 +209,7 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         user, item, code = user[pair_index], item[pair_index], code[pair_index]
         order = np.lexsort((item, code, user))
         user, item, code, pair_index = user[order], item[order], code[order], pair_index[order]
-        keep = _ranks(user) <= budget
+        keep = run_positions(user) <= budget
         user, item, code, pair_index = user[keep], item[keep], code[keep], pair_index[keep]
         last[user] = code >> 6
         mask = _reached_masks(row_code, row_user, last, starts)[pair_index]
@@ -217,7 +217,7 @@ def _merge_pass(frames: Mapping[str, pl.DataFrame], quotas: Mapping[str, int], b
         decode_users(user).cast(dtypes[S.USER]).alias(S.USER),
         decode_items(item).cast(dtypes[S.ITEM]).alias(S.ITEM),
         pl.Series(S.SCORE, 1.0 / levels[code // 64], dtype=pl.Float64),
-        pl.Series(S.RANK, _ranks(user), dtype=pl.Int32),
+        pl.Series(S.RANK, run_positions(user), dtype=pl.Int32),
         pl.Series(SOURCE, code % 64, dtype=pl.UInt8),
         pl.Series(S.CHANNELS, mask, dtype=pl.Int64),
     ])
@@ -235,12 +235,12 @@ def _bits(n: int) -> int:
     return max(1, (n - 1).bit_length())
 
 
-def _ranks(sorted_users: np.ndarray) -> np.ndarray:
+def run_positions(runs: np.ndarray) -> np.ndarray:
     """1, 2, ... within each run of equal values (the rows of one user, in list order)."""
-    n = sorted_users.size
+    n = runs.size
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    starts = np.flatnonzero(np.r_[True, runs[1:] != runs[:-1]])
     return np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n])) + 1
 
 

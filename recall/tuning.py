@@ -57,7 +57,7 @@ from recall.context import TrainData
 from recall.errors import RecallError
 from recall.evaluation import evaluation_targets, metrics, split_data
 from recall.filters import filter_with_refill, purchase_blocks
-from recall.merge import slot_positions
+from recall.merge import run_positions, slot_positions
 from recall.io import Dataset
 from recall.pipeline import Step, fit_channels, no_progress
 from recall.split import REPEAT, Split, dataset_at, user_split
@@ -311,9 +311,7 @@ class QuotaMerger:
             keep &= self.user_ids.is_in(users.implode()).to_numpy()
         keep = np.flatnonzero(keep)
         order = keep[np.lexsort((self.item_code[keep], source[keep], best[keep], self.user_code[keep]))]
-        user_codes = self.user_code[order]
-        starts = np.flatnonzero(np.r_[True, user_codes[1:] != user_codes[:-1]])
-        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)])) + 1
+        rank = run_positions(self.user_code[order])
         if depth is not None:
             within = rank <= depth
             order, rank = order[within], rank[within]
