@@ -25,6 +25,7 @@ channel settings (``transition:1.0/min_walks=20000``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,8 @@ def sizing_update(text: str) -> dict:
 
 
 def type_of(raw: str):
+    if raw.startswith("["):  # a list, e.g. side_columns=[] or side_columns=["category_id"]
+        return json.loads(raw)
     for cast in (int, float):
         try:
             return cast(raw)
