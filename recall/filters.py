@@ -278,13 +278,14 @@ def _diversity_filter(frame: pl.DataFrame, data: TrainData, cfg: DiversityConfig
     for column, _, side in caps:
         work = work.join(side.with_columns(pl.col(S.ITEM).cast(work.schema[S.ITEM])), on=S.ITEM, how="left",
                          maintain_order="left")
-    if not _in_list_order(work):
+    user_run = _list_runs(work)
+    if user_run is None:
         work = work.sort(S.USER, S.RANK, S.ITEM)
+        user_run = work[S.USER].rle_id().cast(pl.Int64).to_numpy()
     # Per cap: rows grouped by (user, value) once; each round is then a few O(rows) numpy passes.
     walks = []
     # Rows are sorted by user, so a user's rows are one run; (user run, value code) packs into
     # one integer group id (cheaper than ranking a struct of the two).
-    user_run = work[S.USER].rle_id().cast(pl.Int64).to_numpy()
     for column, cap, _ in caps:
         values = work[column]
         code = values.fill_null(0).to_numpy()
@@ -388,12 +389,12 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
             removed[name] = before - frame.height
     if DEMOTED not in frame.columns:
         frame = frame.with_columns(pl.lit(False).alias(DEMOTED))
-    if _in_list_order(frame):
+    user_run = _list_runs(frame)
+    if user_run is not None:
         # A merge's lists (users sorted, ranks rising): the demoted rows move behind the
         # others within each user by a stable sort of one small integer per row, and only
         # the rows within the budget are gathered.
         demoted = frame[DEMOTED].to_numpy()
-        user_run = frame[S.USER].rle_id().cast(pl.Int64).to_numpy()
         order, _ = _group_walk(user_run * 2 + demoted)
         rank = run_positions(user_run[order])
         within = rank <= budget
@@ -410,13 +411,15 @@ def apply_filters(candidates: pl.DataFrame, data: TrainData, cfg: FiltersConfig,
     return frame.filter(pl.col(S.RANK) <= budget).drop(DEMOTED), removed
 
 
-def _in_list_order(frame: pl.DataFrame) -> bool:
-    """Whether ``frame`` is sorted by user with strictly rising ranks within each user (a merge's output).
+def _list_runs(frame: pl.DataFrame) -> np.ndarray | None:
+    """Each row's user run (0, 1, ... in row order, int64) if ``frame`` is sorted by user with strictly
+    rising ranks within each user (a merge's output), else None.
 
-    Then it is also sorted by (user, rank, item), and the sorts by those keys can be skipped.
+    Such a frame is also sorted by (user, rank, item), so the sorts by those keys can be skipped.
     """
-    if frame.height < 2 or not frame[S.USER].is_sorted():
-        return frame.height < 2
+    if frame.height >= 2 and not frame[S.USER].is_sorted():
+        return None
+    user_run = frame[S.USER].rle_id().cast(pl.Int64).to_numpy()
     rank = frame[S.RANK].to_numpy()
-    user_run = frame[S.USER].rle_id().to_numpy()
-    return bool(np.all((rank[1:] > rank[:-1]) | (user_run[1:] != user_run[:-1])))
+    in_order = np.all((rank[1:] > rank[:-1]) | (user_run[1:] != user_run[:-1]))
+    return user_run if in_order else None

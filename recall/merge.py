@@ -30,7 +30,7 @@ in four.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import polars as pl
@@ -94,13 +94,14 @@ def merge_channels(candidates: Mapping[str, pl.DataFrame], quotas: Mapping[str, 
     return label_channels(merged, names) if labelled else merged
 
 
-def label_channels(merged: pl.DataFrame, names: list[str]) -> pl.DataFrame:
+def label_channels(merged: pl.DataFrame, channels: Iterable[str]) -> pl.DataFrame:
     """``source`` and ``channels`` of an unlabelled merge (channel numbers, bit masks) as the channels' names.
 
-    ``names`` are the merged channels in name order, as the merge numbered them.
+    ``channels`` are the names of the merged channels; the merge numbered them in name order.
     """
     if merged.schema[SOURCE] == pl.String:
         return merged
+    names = sorted(channels)
     mask = merged[S.CHANNELS].to_numpy()
     if len(names) <= 16:  # the distinct masks by a lookup table, no sort
         present = np.zeros(1 << len(names), dtype=bool)

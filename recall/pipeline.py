@@ -189,9 +189,8 @@ def _merge_batch(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainD
     fault_point("merge")
     filtered, merged, removed = filter_with_refill(merge, train, cfg.filters, budget, blocks)
     # The channels are named on the rows kept only (the merge carries their numbers through the filters).
-    names = sorted(candidates)
-    return (label_channels(filtered, names),
-            label_channels(merged.filter(pl.col(S.RANK) <= budget), names) if unfiltered else None, removed)
+    return (label_channels(filtered, candidates),
+            label_channels(merged.filter(pl.col(S.RANK) <= budget), candidates) if unfiltered else None, removed)
 
 
 def segment_users(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainData

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
-from recall.channels.deepwalk import DeepWalkParams
-from unittest import mock
-
 from recall import sgns
+from recall.channels.deepwalk import DeepWalkParams
 from recall.sgns import Batch, Vocabulary, batch_pairs, sgd_step, train_vectors
 from tests.test_eges import optimal_sgns_loss, planted_walks
 
