@@ -13,7 +13,8 @@ import scipy.sparse as sp
 
 from recall import schema as S
 from recall.channels import CHANNELS
-from recall.channels.ease import EASE, EASEParams, ease_weights, engagement, invert_spd_in_place, most_engaged
+from recall.channels.ease import (EASE, EASEParams, EASEWeights, ease_weights, engagement, invert_spd_in_place,
+                                  most_engaged)
 from recall.config import load_config
 from recall.context import TrainData
 from recall.errors import RecallError
@@ -50,6 +51,30 @@ def test_ease_weights_float32_close_to_float64():
     got = ease_weights(sp.csr_matrix(x), 5.0, np.float32)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, numpy_ease(x, 5.0), rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("users, space", [(9, True), (50, False)])  # 9 users, 24 items: the user-space solve
+@pytest.mark.parametrize("lam", [0.5, 20.0])
+def test_both_solves_give_numpys_weights_and_scores(users, space, lam):
+    x = random_binary(users, users=users, items=24, density=0.25)
+    x[0] = 0.0  # a user without engagement: left out of the solve, still scored
+    x[:, 5] = 0.0  # an item nobody engaged with
+    weights = EASEWeights(sp.csr_matrix(x), lam, np.float64, row_block=7)
+    assert weights.user_space is space
+    expected = numpy_ease(x, lam)
+    rows = np.vstack([weights.rows(start, min(start + 7, 24)) for start in range(0, 24, 7)])
+    np.testing.assert_allclose(rows, expected, rtol=1e-8, atol=1e-10)
+    assert np.all(np.diag(rows) == 0)
+    others = random_binary(users + 1, users=5, items=24, density=0.3)  # rows not in the fit, too
+    for scored in (x, others):
+        np.testing.assert_allclose(weights.scores(sp.csr_matrix(scored)), scored @ expected, rtol=1e-8, atol=1e-9)
+
+
+def test_user_space_float32_close_to_float64():
+    x = random_binary(4, users=30, items=400, density=0.05)
+    weights = EASEWeights(sp.csr_matrix(x), 5.0, np.float32, row_block=128)
+    assert weights.user_space and weights.rows(0, 128).dtype == np.float32
+    np.testing.assert_allclose(weights.rows(0, 400), numpy_ease(x, 5.0), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("n", [7, 1100])  # one block and several blocks of the symmetric fill
