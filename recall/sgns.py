@@ -121,26 +121,42 @@ def draw_negatives(cdf: np.ndarray, size: int | tuple, rng: np.random.Generator)
     return found
 
 
-def centre_contexts(walks: np.ndarray, window: int, reach: np.ndarray | None
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Every centre position of -1-padded walks with its contexts: ``(centres (M,), contexts (M, 2 window))``.
+def span_groups(walks: np.ndarray, window: int, reach: np.ndarray | None
+                ) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Every centre position of tail-padded walks with its contexts, grouped by span: ``[(span, centres, contexts)]``.
 
-    Context column ``j`` is the position ``t - window + j`` (``j < window``) or
-    ``t + j - window + 1``; it is -1 where that position is padding, outside the
-    walk or beyond the centre's ``reach`` (word2vec's shrunk window). Centres
-    without any context are left out.
+    ``walks`` are -1 padded at the tail only (as walks and :func:`compact` leave
+    them). A centre at position ``t`` of a walk of ``n`` items reaches
+    ``left = min(r, t)`` items back and ``right = min(r, n - 1 - t)`` forward,
+    ``r`` its ``reach`` (word2vec's shrunk window, ``1..window``; None: ``window``).
+    Its span is ``max(left, right)``; the centres of span ``s`` come with the
+    ``2 s`` context columns ``t - s .. t + s`` (centre left out, int32), -1 past
+    the walk's ends. No column lies beyond a centre's reach: a side cut short by
+    the reach is the longer side, so the span is the reach. With the shrunk window the
+    groups' columns are on average 0.6 of ``2 window``: the padding of one block of
+    ``2 window`` columns was most of a step's gathers and scatters. Centres with
+    no context (one-item walks) are left out; each group lists its centres in walk order.
     """
     n, length = walks.shape
-    padded = np.full((n, length + 2 * window), -1, dtype=np.int32)
-    padded[:, window:window + length] = walks
-    offsets = np.r_[np.arange(-window, 0), np.arange(1, window + 1)]
     valid = walks >= 0
     rows, cols = np.nonzero(valid)
-    contexts = padded[rows[:, None], cols[:, None] + window + offsets]
-    if reach is not None:
-        contexts[np.abs(offsets)[None, :] > reach[rows, cols][:, None]] = -1
-    keep = (contexts >= 0).any(axis=1)
-    return walks[rows[keep], cols[keep]].astype(np.int64), contexts[keep]
+    lengths = valid.sum(axis=1)
+    reach = window if reach is None else reach[rows, cols]
+    spans = np.maximum(np.minimum(reach, cols), np.minimum(reach, lengths[rows] - 1 - cols)).astype(np.int8)
+    order = np.argsort(spans, kind="stable")  # a radix sort on int8; walk order within a span
+    bounds = np.searchsorted(spans[order], np.arange(1, window + 2))
+    padded = np.full((n, length + 2 * window), -1, dtype=np.int32)
+    padded[:, window:window + length] = walks
+    # Each centre's window is a slice of its padded walk: gathered as rows of a view.
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * window + 1, axis=1)
+    groups = []
+    for span in range(1, window + 1):
+        members = order[bounds[span - 1]:bounds[span]]
+        if members.size:
+            near = windows[rows[members], cols[members], window - span:window + span + 1]
+            contexts = np.concatenate([near[:, :span], near[:, span + 1:]], axis=1)
+            groups.append((span, walks[rows[members], cols[members]].astype(np.int64), contexts))
+    return groups
 
 
 # --------------------------------------------------------------------------------------
@@ -168,6 +184,8 @@ class Vocabulary:
         if walks.ndim != 2:
             raise RecallError("walks must be a 2-d array (walks x length)")
         counts = np.bincount(walks[walks >= 0].ravel(), minlength=n_items)
+        if ((walks[:, 1:] >= 0) & (walks[:, :-1] < 0)).any():
+            walks = compact(walks, walks >= 0)  # -1 inside a walk: padding, as at its tail (span_groups)
         if min_count > 1:
             walks = compact(walks, counts[np.maximum(walks, 0)] >= min_count)
             counts = np.where(counts >= min_count, counts, 0)
@@ -220,46 +238,55 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
     n_walks = walks.shape[0]
     pairs_per_batch = pairs_per_batch or p.batch_size
     threads = torch.get_num_threads()  # restored at the end: a trainer's setting leaks to later threads
-    batches: queue.Queue = queue.Queue(maxsize=2 + 2 * p.workers)
+    # One queue item is a block's batches: a hand-over per batch cost as much as the step itself.
+    blocks: queue.Queue = queue.Queue(maxsize=1 + p.workers)
     stop = threading.Event()
 
     def produce() -> None:
-        """Batches in training order, then an end mark."""
+        """Each block's batches (a list) in training order, then an end mark."""
         rng = np.random.default_rng(seed)
         try:
             for epoch in range(p.epochs):
                 order = rng.permutation(n_walks)
                 counted = 0  # batches of this epoch so far
                 for lo in range(0, n_walks, p.walk_block):
+                    if stop.is_set():
+                        return
                     block = walks[order[lo:lo + p.walk_block]]
                     if p.sample > 0:
                         block = compact(block, rng.random(block.shape) < keep[np.maximum(block, 0)])
                     reach = rng.integers(1, p.window + 1, size=block.shape) if p.shrink_window else None
-                    centres, contexts = centre_contexts(block, p.window, reach)
-                    if centres.size == 0:
+                    # Batches of one span each, shuffled within the span; then the block's batches in a
+                    # random order. Which centres share a batch (and its negatives) changes, not the
+                    # expected gradient.
+                    parts = []
+                    for span, centres, contexts in span_groups(block, p.window, reach):
+                        shuffle = rng.permutation(centres.size)
+                        centres, contexts = centres[shuffle], contexts[shuffle]
+                        missing = contexts < 0
+                        pairs = (2 * span - missing.sum(axis=1, dtype=np.int32)).astype(np.float32)
+                        contexts[missing] = n_items  # the "no context" row
+                        contexts = contexts.astype(np.int64)
+                        size = max(1, pairs_per_batch // max(1, round(float(pairs.mean()))))
+                        parts += [(centres[first:first + size], contexts[first:first + size],
+                                   pairs[first:first + size]) for first in range(0, centres.size, size)]
+                    if not parts:
                         continue
-                    shuffle = rng.permutation(centres.size)
-                    centres, contexts = centres[shuffle], contexts[shuffle]
-                    pairs_per_centre = (contexts >= 0).sum(axis=1)
-                    size = max(1, pairs_per_batch // max(1, int(pairs_per_centre.mean())))
-                    n_batches = -(-centres.size // size)
+                    n_batches = len(parts)
                     negatives = draw_negatives(cdf, (n_batches, p.shared_negatives), rng)
-                    contexts = np.where(contexts >= 0, contexts, n_items).astype(np.int64)
                     last_block = lo + p.walk_block >= n_walks
-                    for b in range(n_batches):
-                        if stop.is_set():
-                            return
-                        part = slice(b * size, (b + 1) * size)
+                    out = []
+                    for b, k in enumerate(rng.permutation(n_batches)):
+                        centres, contexts, pairs = parts[k]
                         progress = (epoch * n_walks + lo + block.shape[0] * b / n_batches) / (p.epochs * n_walks)
                         counted += 1
                         with_loss = (epoch == p.epochs - 1 or counted % LOSS_EVERY == 0
                                      or (last_block and b == n_batches - 1))
-                        batches.put(Batch(epoch, progress, torch.from_numpy(centres[part]),
-                                          torch.from_numpy(contexts[part]),
-                                          torch.from_numpy(pairs_per_centre[part].astype(np.float32)),
-                                          torch.from_numpy(negatives[b]), with_loss))
+                        out.append(Batch(epoch, progress, torch.from_numpy(centres), torch.from_numpy(contexts),
+                                         torch.from_numpy(pairs), torch.from_numpy(negatives[b]), with_loss))
+                    blocks.put(out)
         finally:
-            batches.put(None)
+            blocks.put(None)
 
     epoch_loss = [0.0] * p.epochs
     epoch_pairs = [0] * p.epochs
@@ -267,12 +294,27 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
     tally = threading.Lock()
     errors: list[BaseException] = []
 
+    taking = threading.Lock()
+    current: list = [iter(())]  # the batches of the block being trained, shared by the trainers
+
+    def next_batch() -> Batch | None:
+        """The next batch in training order; None after the producer's end mark (Hogwild trainers share
+        each block's batches, so they train neighbouring batches of the schedule, as one trainer would)."""
+        with taking:
+            while (batch := next(current[0], None)) is None:
+                block = blocks.get()
+                if block is None:
+                    blocks.put(None)  # the end mark stays for the other trainers
+                    return None
+                current[0] = iter(block)
+            return batch
+
     def consume() -> None:
-        """Train on batches until the producer's end mark, which is passed on to the other trainers."""
+        """Train on batches until the producer's end mark."""
         torch.set_num_threads(1)  # per thread: OpenMP keeps the thread count per calling thread
         try:
             with torch.no_grad():
-                while (batch := batches.get()) is not None:
+                while (batch := next_batch()) is not None:
                     if stop.is_set():
                         continue  # drain: another trainer failed
                     decay = 1.0 + (p.min_learning_rate / p.learning_rate - 1.0) * batch.progress
@@ -282,7 +324,6 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
                         if batch.with_loss:
                             epoch_loss[batch.epoch] += loss
                             loss_pairs[batch.epoch] += pairs
-            batches.put(None)
         except BaseException as error:  # noqa: BLE001  (re-raised once every thread has stopped)
             errors.append(error)
             stop.set()
@@ -299,7 +340,7 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
         stop.set()
         while producer.is_alive():  # unblock a producer waiting on a full queue
             try:
-                batches.get(timeout=0.1)
+                blocks.get(timeout=0.1)
             except queue.Empty:
                 pass
         torch.set_num_threads(threads)
@@ -424,5 +465,5 @@ def sgns_gradients(x, context, contexts, negatives, pairs_per_centre, negative: 
     return loss, flat, d_x, d_z.view(-1, dim), d_zn
 
 
-__all__ = ["Batch", "BatchParams", "SkipgramResult", "Vocabulary", "batch_pairs", "centre_contexts", "compact",
-           "draw_negatives", "keep_probability", "run_batches", "sgd_step", "sgns_gradients", "train_vectors"]
+__all__ = ["Batch", "BatchParams", "SkipgramResult", "Vocabulary", "batch_pairs", "compact", "draw_negatives",
+           "keep_probability", "run_batches", "sgd_step", "sgns_gradients", "span_groups", "train_vectors"]

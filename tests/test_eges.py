@@ -20,7 +20,7 @@ from tests.eges_reference import build_model, sparse_adam, window_pairs
 from recall.context import TrainData
 from recall.errors import RecallError
 from recall.io import Dataset, load_dataset, normalise_events
-from recall.sgns import centre_contexts, compact, draw_negatives, keep_probability
+from recall.sgns import compact, draw_negatives, keep_probability, span_groups
 from tests.conftest import REPO, random_log
 
 torch = pytest.importorskip("torch")
@@ -159,14 +159,17 @@ def test_window_pairs_equal_brute_force(seed, window):
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("window", [1, 3, 5])
-def test_centre_contexts_give_the_window_pairs(seed, window):
+def test_span_groups_give_the_window_pairs(seed, window):
     walks = random_walks(seed)
     reach = np.random.default_rng(seed + 100).integers(1, window + 1, walks.shape)
     for r in (None, reach):
-        centres, contexts = centre_contexts(walks, window, r)
-        assert ((contexts >= 0).sum(axis=1) > 0).all()
-        valid = contexts >= 0
-        pairs = Counter(zip(np.repeat(centres, valid.sum(axis=1)).tolist(), contexts[valid].tolist()))
+        pairs = Counter()
+        for span, centres, contexts in span_groups(walks, window, r):
+            assert 1 <= span <= window and contexts.shape == (centres.size, 2 * span)
+            valid = contexts >= 0
+            # the span is the farthest context: a context at distance `span`, on one side at least
+            assert (valid[:, 0] | valid[:, -1]).all()
+            pairs.update(zip(np.repeat(centres, valid.sum(axis=1)).tolist(), contexts[valid].tolist()))
         assert pairs == brute_force_pairs(walks, window, r)
 
 
