@@ -186,9 +186,12 @@ class EASEWeights:
         x_rows = sp.csr_matrix(x_rows, dtype=np.float64)
         if not self.user_space:
             return np.asarray(x_rows @ self.weights)
-        # x P = (x - (x X^T) M X) / lambda, and x B = x - x P diag(P)^-1.
-        p_rows = (x_rows.toarray() - np.asarray((x_rows @ self.x.T) @ self.mx, dtype=np.float64)) / self.lam
-        scores = x_rows.toarray() - p_rows / self.diagonal[None, :]
+        # x P = (x - (x X^T) M X) / lambda, and x B = x - x P diag(P)^-1: two dense arrays of the rows.
+        scores = x_rows.toarray()
+        p_rows = np.asarray((x_rows @ self.x.T) @ self.mx, dtype=np.float64)
+        p_rows -= scores
+        p_rows /= -self.lam * self.diagonal[None, :]   # x P diag(P)^-1
+        scores -= p_rows
         return scores.astype(self.dtype, copy=False)
 
 
