@@ -19,7 +19,7 @@ Sizings: ``node:N`` is N walks from every item with an out-edge (the old
 default, N = 10), ``transition:C`` is C walks per session transition
 (``walks_per_transition``), ``default`` the config's settings as they are
 (also on an older checkout, for before/after runs); ``key=value`` pairs after a ``/`` override other
-channel settings (``transition:1.0/min_walks=20000``).
+channel settings (``transition:1.0/min_walks=20000``, ``default/trainer=gensim``).
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ def sizing_update(text: str) -> dict:
     if text == "default":
         return {}
     head, *rest = text.split("/")
-    kind, value = head.split(":")
-    update = ({"walks_per_node": int(value)} if kind == "node"
-              else {"walks_per_node": None, "walks_per_transition": float(value)})
+    if head == "default":  # the config's sizing, other settings overridden (default/trainer=gensim)
+        update = {}
+    else:
+        kind, value = head.split(":")
+        update = ({"walks_per_node": int(value)} if kind == "node"
+                  else {"walks_per_node": None, "walks_per_transition": float(value)})
     for pair in rest:
         key, raw = pair.split("=")
         update[key] = type_of(raw)
