@@ -39,8 +39,6 @@ DATA = {"ml-100k": ("data/imported/ml-100k", "configs/ml-100k.toml"),
 
 
 def sizing_update(text: str) -> dict:
-    if text == "default":
-        return {}
     head, *rest = text.split("/")
     if head == "default":  # the config's sizing, other settings overridden (default/trainer=gensim)
         update = {}

@@ -143,8 +143,9 @@ def ease(train: TrainData, users: pl.Series, n: int, *, lam: float = 200.0, max_
     kept = np.sort(ranking[IIDX].to_numpy())
     idx = known_users(train, users)
     x = train.interactions[:, kept].tocsr()
-    scores = EASEWeights(x, lam, dtype).scores(x[idx])
-    scores[x[idx].toarray() > 0] = -np.inf
+    engaged = x[idx]
+    scores = EASEWeights(x, lam, dtype).scores(engaged)
+    scores[engaged.toarray() > 0] = -np.inf
     top = min(n, kept.size)
     part = np.argpartition(-scores, top - 1, axis=1)[:, :top] if top else np.zeros((len(idx), 0), np.int64)
     part_scores = np.take_along_axis(scores, part, axis=1)

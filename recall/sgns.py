@@ -282,13 +282,13 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
                         pairs = (2 * span - missing.sum(axis=1, dtype=np.int32)).astype(np.float32)
                         contexts[missing] = n_items  # the "no context" row
                         groups.append((centres, contexts.astype(np.int64), pairs))
-                    n_centres = sum(centres.size for centres, _, _ in groups)
-                    block_size = pairs_per_batch // max(1, int(sum(float(g[2].sum()) for g in groups)
-                                                               / max(1, n_centres)))
+                    if centre_batches:  # the block's mean pairs per centre, as before the spans
+                        mean_pairs = (sum(float(pairs.sum()) for _, _, pairs in groups)
+                                      / max(1, sum(centres.size for centres, _, _ in groups)))
+                        block_size = max(1, pairs_per_batch // max(1, int(mean_pairs)))
                     for centres, contexts, pairs in groups:
-                        size = block_size if centre_batches else pairs_per_batch // max(1, round(float(
-                            pairs.mean())))
-                        size = max(1, size)
+                        size = block_size if centre_batches else max(
+                            1, pairs_per_batch // max(1, round(float(pairs.mean()))))
                         parts += [(centres[first:first + size], contexts[first:first + size],
                                    pairs[first:first + size]) for first in range(0, centres.size, size)]
                     if not parts:
@@ -316,18 +316,19 @@ def run_batches(vocabulary: Vocabulary, p, seed: int, step: Callable[[Batch, flo
     errors: list[BaseException] = []
 
     taking = threading.Lock()
-    current: list = [iter(())]  # the batches of the block being trained, shared by the trainers
+    current = iter(())  # the batches of the block being trained, shared by the trainers
 
     def next_batch() -> Batch | None:
         """The next batch in training order; None after the producer's end mark (Hogwild trainers share
         each block's batches, so they train neighbouring batches of the schedule, as one trainer would)."""
+        nonlocal current
         with taking:
-            while (batch := next(current[0], None)) is None:
+            while (batch := next(current, None)) is None:
                 block = blocks.get()
                 if block is None:
                     blocks.put(None)  # the end mark stays for the other trainers
                     return None
-                current[0] = iter(block)
+                current = iter(block)
             return batch
 
     def consume() -> None:

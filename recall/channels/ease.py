@@ -151,15 +151,14 @@ class EASEWeights:
     def __init__(self, x: sp.spmatrix, lam: float, dtype=np.float64, row_block: int = 2048):
         if lam <= 0:
             raise RecallError(f"EASE needs lambda > 0, got {lam}")
-        self.lam, self.dtype, self.row_block = lam, np.dtype(dtype), row_block
+        self.lam, self.dtype = lam, np.dtype(dtype)
         x = sp.csr_matrix(x, dtype=np.float64)
-        self.n_items = n = x.shape[1]
+        n = x.shape[1]
         x = x[np.diff(x.indptr) > 0]  # users without engagement add nothing to X^T X
         self.user_space = 2 * x.shape[0] <= n
         if not self.user_space:
             self.weights = ease_weights(x, lam, self.dtype, row_block)
             return
-        self.x = x
         self.x_items = sp.csr_matrix(x.T)  # items x users: rows of X^T
         inverse = (x @ x.T).toarray()
         inverse[np.diag_indices_from(inverse)] += lam
@@ -188,7 +187,7 @@ class EASEWeights:
             return np.asarray(x_rows @ self.weights)
         # x P = (x - (x X^T) M X) / lambda, and x B = x - x P diag(P)^-1: two dense arrays of the rows.
         scores = x_rows.toarray()
-        p_rows = np.asarray((x_rows @ self.x.T) @ self.mx, dtype=np.float64)
+        p_rows = np.asarray((x_rows @ self.x_items) @ self.mx, dtype=np.float64)   # (x X^T) M X
         p_rows -= scores
         p_rows /= -self.lam * self.diagonal[None, :]   # x P diag(P)^-1
         scores -= p_rows
