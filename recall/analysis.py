@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import polars as pl
+import scipy.sparse as sp
 
 from recall import schema as S
 from recall.sections import SegmentsConfig
@@ -59,27 +60,38 @@ def overlap(candidates: Mapping[str, pl.DataFrame], users: pl.DataFrame, k: int)
 
     ``users`` (a frame with ``user_id``) are the users to average over; for each
     pair only those with a non-empty union count (``users`` column of the result).
+
+    Each (user, item) gets the bit mask of the channels that list it; a user's
+    intersection counts are then the sum over their distinct masks of (count x
+    the mask's channel-pair bits): a users x channels x channels array, not a
+    self-join of every channel's pairs.
     """
     names = list(candidates)
+    n = len(names)
     users = users.select(S.USER).unique()
-    tops = stacked_top_k(candidates, k, users)
-    sizes = tops.group_by(S.USER, CHANNEL).agg(pl.len().alias("size"))
-    both = (tops.join(tops, on=[S.USER, S.ITEM], suffix="_b")
-            .group_by(S.USER, CHANNEL, f"{CHANNEL}_b").agg(pl.len().alias("inter"))
-            .rename({f"{CHANNEL}_b": OTHER}))
-    # Every user x every ordered channel pair, so a channel that misses a user counts as an empty set.
-    grid = (users.join(pl.DataFrame({CHANNEL: names}), how="cross")
-            .join(sizes, on=[S.USER, CHANNEL], how="left").with_columns(pl.col("size").fill_null(0)))
-    pairs = (grid.join(grid.rename({CHANNEL: OTHER, "size": "size_b"}), on=S.USER)
-             .join(both, on=[S.USER, CHANNEL, OTHER], how="left")
-             .with_columns(pl.col("inter").fill_null(0))
-             .with_columns(union=pl.col("size") + pl.col("size_b") - pl.col("inter"))
-             .filter(pl.col("union") > 0))
-    result = (pairs.group_by(CHANNEL, OTHER)
-              .agg((pl.col("inter") / pl.col("union")).mean().alias("jaccard"), pl.len().alias("users")))
-    full = pl.DataFrame({CHANNEL: names}).join(pl.DataFrame({OTHER: names}), how="cross")
-    return (full.join(result, on=[CHANNEL, OTHER], how="left")
-            .with_columns(pl.col("jaccard").fill_null(0.0), pl.col("users").fill_null(0).cast(pl.Int64)))
+    if n > 62:
+        raise ValueError("overlap takes at most 62 channels (one bit each)")
+    tops = (pl.concat([top_k(frame, k).join(users, on=S.USER, how="semi").with_columns(bit=pl.lit(1 << c, pl.Int64))
+                       for c, frame in enumerate(candidates.values())], how="vertical_relaxed")
+            if n else pl.DataFrame(schema={S.USER: pl.Int64, S.ITEM: pl.Int64, "bit": pl.Int64}))
+    masks = (tops.group_by(S.USER, S.ITEM).agg(pl.col("bit").sum().alias("mask"))
+             .group_by(S.USER, "mask").agg(pl.len().alias("count"))
+             .with_columns(pl.col(S.USER).rank("dense").cast(pl.Int64).sub(1).alias("code")))
+    n_users = int(masks["code"].max() or -1) + 1
+    bits = ((masks["mask"].to_numpy()[:, None] >> np.arange(n)) & 1).astype(np.float64)   # groups x channels
+    by_user = sp.csr_matrix((masks["count"].to_numpy().astype(np.float64),
+                             (masks["code"].to_numpy(), np.arange(masks.height))), shape=(n_users, masks.height))
+    inter = np.stack([by_user @ (bits * bits[:, [c]]) for c in range(n)], axis=1) if n else np.zeros((0, 0, 0))
+    sizes = by_user @ bits                                                                  # users x channels
+    union = sizes[:, :, None] + sizes[:, None, :] - inter                                   # users x n x n
+    counted = union > 0
+    jaccard = np.where(counted, inter / np.maximum(union, 1), 0.0).sum(axis=0)
+    n_counted = counted.sum(axis=0)
+    jaccard = np.where(n_counted > 0, jaccard / np.maximum(n_counted, 1), 0.0)
+    return pl.DataFrame({CHANNEL: np.repeat(np.array(names, dtype=object), n).tolist(),
+                         OTHER: np.tile(np.array(names, dtype=object), n).tolist(),
+                         "jaccard": jaccard.ravel(), "users": n_counted.ravel().astype(np.int64)},
+                        schema={CHANNEL: pl.String, OTHER: pl.String, "jaccard": pl.Float64, "users": pl.Int64})
 
 
 def overlap_matrix(frame: pl.DataFrame, names: list[str]) -> list[list[float]]:

@@ -225,6 +225,8 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     # Candidates are needed for every user with a target, repeat targets included (the item segments).
     user_frame = pairs.select(S.USER).unique().sort(S.USER)
     users = user_frame[S.USER]
+    user_rows = np.sort(train.user_index(users))
+    user_rows = user_rows[user_rows >= 0]  # users with no training row get no channel candidates anyway
     n_items = train.n_items  # the catalogue at T (items with any event before T, or listed)
     depth = max(max(ks), cfg.candidates_per_user)
     names = cfg.enabled_channels()
@@ -235,7 +237,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
         kind, name = job
         with step(f"{kind} {name}"):
             if kind == "channel":
-                return fit_model(name, cfg, train, depth + cfg.filters.reserve, tables=False)
+                return fit_model(name, cfg, train, depth + cfg.filters.reserve, tables=False, users=user_rows)
             started = time.perf_counter()
             return methods[name](train, users, depth), time.perf_counter() - started
 
@@ -244,8 +246,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     jobs = [("channel", name) for name in costliest_first(names)] + [("baseline", name) for name in methods]
     done = in_threads(fit, jobs, cfg.run.workers)
     outputs = {name: done["channel", name] for name in names}
-    # Merges and filters work user by user, so keeping only the test users changes no result.
-    candidates = {n: o.candidates.join(user_frame, on=S.USER, how="semi") for n, o in outputs.items()}
+    candidates = {n: o.candidates for n, o in outputs.items()}
 
     segments = target_segments(cfg, train, pairs, targets, user_frame)
     rows: list[dict] = []

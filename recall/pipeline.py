@@ -81,10 +81,11 @@ class FittedChannel:
 
 
 def fit_model(name: str, cfg: Config, train: TrainData, n: int | None = None, *,
-              tables: bool = True) -> FittedChannel:
+              tables: bool = True, users: np.ndarray | None = None) -> FittedChannel:
     """Fit one channel and build its user-independent tables (i2i, extras; not with ``tables``
     False, as evaluation and tuning read only candidates); with ``n``, also its candidates
-    (``n`` per user) for every user."""
+    (``n`` per user) for every user, or for the sorted user indices ``users`` (the users
+    evaluation scores: their rows are the same as when every user is recommended)."""
     channel = get_channel(name)(cfg.channels.get(name))
     started = time.perf_counter()
     channel.fit(train)
@@ -93,17 +94,19 @@ def fit_model(name: str, cfg: Config, train: TrainData, n: int | None = None, *,
     # convert, wasted on a fit whose tables nobody reads.
     i2i = channel.similar_items(train) if tables else None
     extra = channel.extra_tables(train) if tables else {}
-    candidates = None if n is None else channel.recommend(train, n)
+    candidates = None if n is None else channel.recommend(train, n, users)
     return FittedChannel(name, channel, i2i, extra, time.perf_counter() - started, channel.facts(), candidates)
 
 
 def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step = no_progress,
                  n: int | None = None, *, recommend: bool = True, tables: bool = True,
-                 failures: list[dict] | None = None) -> dict[str, FittedChannel]:
+                 failures: list[dict] | None = None, users: np.ndarray | None = None
+                 ) -> dict[str, FittedChannel]:
     """Fit channels, each with its candidates for every user unless ``recommend`` is False (and
     its i2i and extra tables unless ``tables`` is False).
 
-    Each lists the budget plus the filters' reserve unless ``n`` is given. With a
+    Each lists the budget plus the filters' reserve unless ``n`` is given, for every user
+    or for the sorted user indices ``users``. With a
     ``failures`` list, a channel in ``run.optional_channels`` that fails is recorded
     there and left out (:func:`tolerated`) instead of failing the call. ``run.workers``
     channels are fitted at a time, the costliest first (``Channel.fit_cost``); the
@@ -116,7 +119,7 @@ def fit_channels(cfg: Config, train: TrainData, names: Iterable[str], step: Step
         label = f"channel {name}" if recommend else f"fit {name}"
         tolerate = tolerated(cfg, f"channel:{name}", failures) if failures is not None else contextlib.nullcontext()
         with step(label), tolerate:
-            return fit_model(name, cfg, train, depth, tables=tables)
+            return fit_model(name, cfg, train, depth, tables=tables, users=users)
         return None  # failed, and tolerated
 
     fitted = in_threads(fit, costliest_first(names), cfg.run.workers)

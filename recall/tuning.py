@@ -222,6 +222,11 @@ class Validation:
     def users(self) -> int:
         return self.targets[S.USER].n_unique()
 
+    def user_rows(self) -> np.ndarray:
+        """The sorted training-user indices of the validation users (those with a training row)."""
+        rows = np.sort(self.train.user_index(self.targets[S.USER].unique()))
+        return rows[rows >= 0]
+
 
 def validation_split(cfg: Config, data: Dataset, t1: int, t2: int) -> Validation:
     """Train on what was knowable at ``t1``; targets from [t1, t2), chosen as the evaluation chooses them."""
@@ -494,9 +499,7 @@ def search_channel_params(cfg: Config, validations: Sequence[Validation], metric
             try:
                 for v in validations:
                     channel = get_channel(name)(params).fit(v.train)
-                    users = v.targets.select(S.USER).unique()
-                    idx = np.sort(v.train.user_index(users[S.USER]))
-                    frame = channel.recommend(v.train, k, idx[idx >= 0])
+                    frame = channel.recommend(v.train, k, v.user_rows())
                     value += v.users * metrics(frame, v.targets, [k], 1)[k][metric]
             except RecallError:
                 continue
@@ -587,7 +590,8 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
         with step("channel parameter search"):
             cfg, params = search_channel_params(cfg, validations, settings.metric, k)
     for validation in validations:
-        outputs = fit_channels(cfg, validation.train, names, step, tables=False)
+        # Only the validation users' candidates are scored (quota_scorer).
+        outputs = fit_channels(cfg, validation.train, names, step, tables=False, users=validation.user_rows())
         validation.candidates = {n: o.candidates for n, o in outputs.items()}
     score = quota_scorer(cfg, validations, settings.metric, k)
     configured = {n: q for n, q in cfg.quotas().items() if n in names}

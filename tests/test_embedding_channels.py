@@ -12,6 +12,7 @@ from recall.interface import expand_triggers
 from recall.channels.deepwalk import DeepWalk
 from recall.channels.item2vec import Item2Vec
 from recall.channels.node2vec import Node2Vec
+from recall.config import TriggerConfig
 from recall.context import TrainData
 from recall.embedding import EmbeddingChannel, EmbeddingParams, VectorIndex, neighbour_table, normalise_rows
 from recall.errors import RecallError
@@ -189,6 +190,36 @@ def test_trigger_retrieval_uses_the_cosine_table(tiny_dataset):
     expected = expand_triggers(train, sp.csr_matrix(table), 5)
     got = channel.recommend(train, 5)
     assert got.select(S.USER, S.ITEM, S.RANK).equals(expected.select(S.USER, S.ITEM, S.RANK))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_recommend_searches_only_trigger_rows_with_the_same_result(seed):
+    # Two triggers per user: many items with vectors are nobody's trigger.
+    dataset = Dataset(events=random_log(seed, n_events=300, n_users=20, n_items=40))
+    train = TrainData.build(dataset, triggers=TriggerConfig(max_triggers=2), seed=3)
+    vectors, mask = random_vectors(train, seed)
+    channel = FixedVectors(EmbeddingParams(top_k=5), vectors, mask).fit(train)
+    got = channel.recommend(train, 6)
+    assert set(channel.neighbours_) == {"triggers"}  # the other rows were not searched
+    triggered = np.unique(train.trigger_matrix.indices)
+    assert channel.row_sets_["others"].size > 0
+    np.testing.assert_array_equal(channel.row_sets_["triggers"], triggered[mask[triggered]])
+    # The same candidates as from the whole table, searched by brute force.
+    sims = np.where(mask[:, None] & mask[None, :], vectors @ vectors.T, 0)
+    np.fill_diagonal(sims, 0)
+    table = np.zeros_like(sims)
+    for i in range(train.n_items):
+        top = [j for j in np.lexsort((np.arange(train.n_items), -sims[i])) if sims[i, j] > 0][:5]
+        table[i, top] = sims[i, top]
+    expected = expand_triggers(train, sp.csr_matrix(table), 6)
+    assert got.select(S.USER, S.ITEM, S.RANK).equals(expected.select(S.USER, S.ITEM, S.RANK))
+    np.testing.assert_allclose(channel.similarity_.toarray(), table, rtol=1e-5, atol=1e-7)
+    # Another data's triggers (here: up to 50 per user) are expanded over the whole table.
+    wider = TrainData.build(dataset, seed=3)
+    assert mask[np.setdiff1d(wider.trigger_matrix.indices, channel.row_sets_["triggers"])].any()
+    expected = expand_triggers(wider, sp.csr_matrix(table), 6)
+    assert channel.recommend(wider, 6).select(S.USER, S.ITEM, S.RANK).equals(
+        expected.select(S.USER, S.ITEM, S.RANK))
 
 
 def clustered_log(seed: int) -> Dataset:
