@@ -22,6 +22,7 @@ renders it.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -182,22 +183,32 @@ def score_merges(cfg: Config, candidates: dict[str, pl.DataFrame], train: TrainD
                  other_quotas: dict[str, dict[str, int]] | None, n_users: int, record, step: Step
                  ) -> dict[str, dict[str, float]]:
     """Merge (configured quotas, with and without filters; equal quotas; ``other_quotas``), ``record``
-    each with its time; return the slots each channel filled in the two main merges."""
+    each with its time; return the slots each channel filled in the two main merges.
+
+    The merges are independent and run ``run.workers`` at a time; they are recorded in this order.
+    """
     names = list(candidates)
-    with step("merge and filter"):
-        started = time.perf_counter()
-        merged, unfiltered, _ = merge_outputs(cfg, candidates, train)
-        seconds = time.perf_counter() - started
-        record("merged", "merged", merged, seconds)
-        record("merged_unfiltered", "merged", unfiltered, seconds)
-    with step("merge with equal quotas"):
-        started = time.perf_counter()
-        merged_equal = merge_with_quotas(cfg, candidates, train, equal)
-        record("merged_equal", "merged", merged_equal, time.perf_counter() - started)
-    for label, other in (other_quotas or {}).items():
-        started = time.perf_counter()
-        record(label, "merged", merge_with_quotas(cfg, candidates, train, {n: other.get(n, 0) for n in names}),
-               time.perf_counter() - started)
+    jobs = [("merged", "merge and filter"), ("merged_equal", "merge with equal quotas"),
+            *((label, None) for label in other_quotas or {})]
+
+    def merge(job: tuple[str, str | None]):
+        label, title = job
+        with step(title) if title else contextlib.nullcontext():
+            started = time.perf_counter()
+            if label == "merged":
+                merged, unfiltered, _ = merge_outputs(cfg, candidates, train)
+                return (merged, unfiltered), time.perf_counter() - started
+            quotas = equal if label == "merged_equal" else {n: other_quotas[label].get(n, 0) for n in names}
+            return merge_with_quotas(cfg, candidates, train, quotas), time.perf_counter() - started
+
+    done = in_threads(merge, jobs, cfg.run.workers)
+    (merged, unfiltered), seconds = done[jobs[0]]
+    record("merged", "merged", merged, seconds)
+    record("merged_unfiltered", "merged", unfiltered, seconds)
+    merged_equal, seconds = done[jobs[1]]
+    record("merged_equal", "merged", merged_equal, seconds)
+    for job in jobs[2:]:
+        record(job[0], "merged", *done[job])
     return {"merged": _slots(merged, names, n_users), "merged_equal": _slots(merged_equal, names, n_users)}
 
 
@@ -232,43 +243,49 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     names = cfg.enabled_channels()
     methods = baselines(cfg)
 
+    segments = target_segments(cfg, train, pairs, targets, user_frame)
+
+    def score(frame: pl.DataFrame) -> dict[str, dict]:
+        """The metrics of a list on every segment with targets."""
+        return {segment: metrics(frame, segment_targets, ks, n_items)
+                for segment, segment_targets in segments.items() if segment_targets.height}
+
     def fit(job: tuple[str, str]):
-        """A channel fitted with its candidates, or a baseline served with its seconds."""
+        """A channel fitted with its candidates, or a baseline served with its seconds; each scored in
+        its thread, while the longest fit still runs."""
         kind, name = job
         with step(f"{kind} {name}"):
             if kind == "channel":
-                return fit_model(name, cfg, train, depth + cfg.filters.reserve, tables=False, users=user_rows)
+                output = fit_model(name, cfg, train, depth + cfg.filters.reserve, tables=False, users=user_rows)
+                return output, score(output.candidates)
             started = time.perf_counter()
-            return methods[name](train, users, depth), time.perf_counter() - started
+            frame = methods[name](train, users, depth)
+            return frame, time.perf_counter() - started, score(frame)
 
     # The baselines share the channels' threads, queued after them: they fill a thread while the
     # longest channel fits instead of running after every channel has finished.
     jobs = [("channel", name) for name in costliest_first(names)] + [("baseline", name) for name in methods]
     done = in_threads(fit, jobs, cfg.run.workers)
-    outputs = {name: done["channel", name] for name in names}
+    outputs = {name: done["channel", name][0] for name in names}
     candidates = {n: o.candidates for n, o in outputs.items()}
 
-    segments = target_segments(cfg, train, pairs, targets, user_frame)
     rows: list[dict] = []
     segment_rows: list[dict] = []
     scored: dict[str, pl.DataFrame] = {}
 
-    def record(name: str, kind: str, frame: pl.DataFrame, seconds: float) -> None:
+    def record(name: str, kind: str, frame: pl.DataFrame, seconds: float, values: dict | None = None) -> None:
         scored[name] = frame
-        for segment, segment_targets in segments.items():
-            if segment_targets.height == 0:
-                continue
+        for segment, segment_values in (score(frame) if values is None else values).items():
             out = rows if segment in MAIN_SEGMENTS else segment_rows
-            out += _rows(name, kind, segment, metrics(frame, segment_targets, ks, n_items), seconds)
+            out += _rows(name, kind, segment, segment_values, seconds)
 
     for name, output in outputs.items():
-        record(name, "channel", candidates[name], output.seconds)
+        record(name, "channel", candidates[name], output.seconds, done["channel", name][1])
     quotas = {n: q for n, q in cfg.quotas().items() if n in candidates}
     equal = A.equal_quotas(names, cfg.candidates_per_user)
     slots = score_merges(cfg, candidates, train, equal, other_quotas, users.len(), record, step) if names else {}
     for name in methods:
-        frame, seconds = done["baseline", name]
-        record(name, "baseline", frame, seconds)
+        record(name, "baseline", *done["baseline", name])
 
     with step("channel analysis"):
         analysis = analyse(cfg, candidates, train, targets, ks, n_items, quotas)
