@@ -72,8 +72,7 @@ def main() -> None:
         targets = targets.select(S.USER, S.ITEM)
         where = f"test from {t2}"
     ks = sorted(set(cfg.eval.ks))
-    users = train.user_index(targets[S.USER].unique().sort())
-    users = users[users >= 0]
+    users = train.user_rows(targets[S.USER])
     n_items = train.engaged()[S.ITEM].n_unique()
     cls = get_channel(args.channel)
     base = cfg.channels.get(args.channel) or cls.Params()

@@ -71,10 +71,9 @@ def overlap(candidates: Mapping[str, pl.DataFrame], users: pl.DataFrame, k: int)
     users = users.select(S.USER).unique()
     if n > 62:
         raise ValueError("overlap takes at most 62 channels (one bit each)")
-    tops = (pl.concat([top_k(frame, k).join(users, on=S.USER, how="semi").with_columns(bit=pl.lit(1 << c, pl.Int64))
-                       for c, frame in enumerate(candidates.values())], how="vertical_relaxed")
-            if n else pl.DataFrame(schema={S.USER: pl.Int64, S.ITEM: pl.Int64, "bit": pl.Int64}))
-    masks = (tops.group_by(S.USER, S.ITEM).agg(pl.col("bit").sum().alias("mask"))
+    channel_bit = pl.col(CHANNEL).replace_strict(names, [1 << c for c in range(n)], return_dtype=pl.Int64)
+    masks = (stacked_top_k(candidates, k, users)
+             .group_by(S.USER, S.ITEM).agg(channel_bit.sum().alias("mask"))
              .group_by(S.USER, "mask").agg(pl.len().alias("count"))
              .with_columns(pl.col(S.USER).rank("dense").cast(pl.Int64).sub(1).alias("code")))
     n_users = int(masks["code"].max() or -1) + 1

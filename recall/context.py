@@ -96,6 +96,11 @@ class TrainData:
         frame = pl.DataFrame({S.USER: ids.cast(self.user_ids.dtype, strict=False)})
         return frame.join(lookup, on=S.USER, how="left", maintain_order="left")[UIDX].fill_null(-1).to_numpy()
 
+    def user_rows(self, ids: pl.Series) -> np.ndarray:
+        """The sorted, distinct indices of the given user ids that have a row (unknown users left out)."""
+        rows = np.unique(self.user_index(ids))
+        return rows[rows >= 0]
+
     def item_index(self, ids: pl.Series) -> np.ndarray:
         """Indices of the given item ids (-1 for unknown items)."""
         lookup = pl.DataFrame({S.ITEM: self.item_ids, IIDX: np.arange(self.n_items, dtype=np.int64)})

@@ -236,8 +236,7 @@ def evaluate(cfg: Config, data: Dataset, step: Step = no_progress,
     # Candidates are needed for every user with a target, repeat targets included (the item segments).
     user_frame = pairs.select(S.USER).unique().sort(S.USER)
     users = user_frame[S.USER]
-    user_rows = np.sort(train.user_index(users))
-    user_rows = user_rows[user_rows >= 0]  # users with no training row get no channel candidates anyway
+    user_rows = train.user_rows(users)  # users with no training row get no channel candidates anyway
     n_items = train.n_items  # the catalogue at T (items with any event before T, or listed)
     depth = max(max(ks), cfg.candidates_per_user)
     names = cfg.enabled_channels()

@@ -222,11 +222,6 @@ class Validation:
     def users(self) -> int:
         return self.targets[S.USER].n_unique()
 
-    def user_rows(self) -> np.ndarray:
-        """The sorted training-user indices of the validation users (those with a training row)."""
-        rows = np.sort(self.train.user_index(self.targets[S.USER].unique()))
-        return rows[rows >= 0]
-
 
 def validation_split(cfg: Config, data: Dataset, t1: int, t2: int) -> Validation:
     """Train on what was knowable at ``t1``; targets from [t1, t2), chosen as the evaluation chooses them."""
@@ -499,7 +494,7 @@ def search_channel_params(cfg: Config, validations: Sequence[Validation], metric
             try:
                 for v in validations:
                     channel = get_channel(name)(params).fit(v.train)
-                    frame = channel.recommend(v.train, k, v.user_rows())
+                    frame = channel.recommend(v.train, k, v.train.user_rows(v.targets[S.USER]))
                     value += v.users * metrics(frame, v.targets, [k], 1)[k][metric]
             except RecallError:
                 continue
@@ -591,7 +586,8 @@ def tune(cfg: Config, data: Dataset, step: Step = no_progress, settings: TuneCon
             cfg, params = search_channel_params(cfg, validations, settings.metric, k)
     for validation in validations:
         # Only the validation users' candidates are scored (quota_scorer).
-        outputs = fit_channels(cfg, validation.train, names, step, tables=False, users=validation.user_rows())
+        outputs = fit_channels(cfg, validation.train, names, step, tables=False,
+                               users=validation.train.user_rows(validation.targets[S.USER]))
         validation.candidates = {n: o.candidates for n, o in outputs.items()}
     score = quota_scorer(cfg, validations, settings.metric, k)
     configured = {n: q for n, q in cfg.quotas().items() if n in names}
